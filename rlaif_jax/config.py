@@ -1,0 +1,190 @@
+"""The config schema shared by every stage, its validation, and flag parsing.
+
+Config files in `configs/` are small Python modules whose `get_config(arg)`
+starts from `base_config()` and changes what their stage needs; `arg` picks a
+variant (`--config=configs/sft.py:toy`). Any field can be overridden on the
+command line (`--config.train.lr=3e-4`). Everything is checked here before a
+single program compiles, with messages that say what to change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import math
+import re
+import sys
+
+import ml_collections
+
+from rlaif_jax.models.config import ModelConfig
+
+
+class ConfigError(ValueError):
+  """A config problem a user fixes by changing a value; printed as one line."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "sft"
+  c.seed = 0
+
+  # data * fsdp * tensor = number of devices; -1 fills the rest.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.checkpoint = ""        # HF directory to start from; "" = from scratch (model.arch)
+  c.model.tokenizer = "byte"     # "byte" or a local HF tokenizer directory
+  c.model.dtype = "float32"      # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.arch = ml_collections.ConfigDict(
+      {f.name: f.default for f in dataclasses.fields(ModelConfig)
+       if f.name not in ("rope_scaling", "dtype", "bos_token_id", "eos_token_id", "pad_token_id")})
+
+  c.data = _data_config()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16        # global, across all devices and hosts
+  c.train.steps = 100
+  c.train.grad_accum = 1
+  c.train.optimizer = "adamw"    # adamw | adafactor | sgd
+  c.train.lr = 1e-3
+  c.train.schedule = "cosine"    # constant | cosine | linear
+  c.train.warmup_steps = 10
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 1.0        # global-norm clip; 0 disables
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.log_every = 10
+  c.train.eval_every = 0         # 0: only at the end
+  c.train.eval_batches = 4
+  c.train.checkpoint_every = 50
+  c.train.keep_checkpoints = 2
+  c.train.export_hf = False      # write the final policy as a HF directory
+  return c
+
+
+def _data_config() -> ml_collections.ConfigDict:
+  try:
+    from rlaif_jax.data.config import data_config
+  except ImportError:
+    d = ml_collections.ConfigDict()
+    d.max_prompt_len = 64
+    d.max_response_len = 32
+    return d
+  return data_config()
+
+
+# ------------------------------------------------------------ validation
+
+def validate(config, n_devices: int) -> None:
+  """Raises ConfigError naming the field and what to change."""
+  from rlaif_jax.mesh import resolve_mesh_shape
+
+  try:
+    shape = resolve_mesh_shape((config.mesh.data, config.mesh.fsdp, config.mesh.tensor), n_devices)
+  except ValueError as e:
+    raise ConfigError(f"{e} (--config.mesh.data/fsdp/tensor)") from None
+  dp = shape[0] * shape[1]
+  t = config.train
+  if t.batch_size <= 0 or t.batch_size % dp:
+    raise ConfigError(
+        f"train.batch_size={t.batch_size} must be a positive multiple of the data-parallel "
+        f"size data*fsdp={dp}; try --config.train.batch_size={max(dp, t.batch_size // dp * dp)}")
+  if t.grad_accum < 1 or (t.batch_size // dp) % t.grad_accum:
+    raise ConfigError(f"train.grad_accum={t.grad_accum} must divide the per-device batch "
+                      f"{t.batch_size // dp}")
+  if t.steps < 1:
+    raise ConfigError(f"train.steps={t.steps} must be >= 1")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"model.dtype={config.model.dtype!r}: use float32 or bfloat16")
+  if t.optimizer not in ("adamw", "adafactor", "sgd"):
+    raise ConfigError(f"train.optimizer={t.optimizer!r}: use adamw, adafactor or sgd")
+  d = config.data
+  for name in ("max_prompt_len", "max_response_len"):
+    if name in d and d[name] <= 0:
+      raise ConfigError(f"data.{name}={d[name]} must be positive")
+  if "max_prompt_len" in d and "max_response_len" in d and not config.model.checkpoint:
+    total = d.max_prompt_len + d.max_response_len
+    if total > config.model.arch.max_seq_len:
+      raise ConfigError(
+          f"data.max_prompt_len + data.max_response_len = {total} exceeds "
+          f"model.arch.max_seq_len={config.model.arch.max_seq_len}; shorten them or raise max_seq_len")
+  if not config.model.checkpoint:
+    a = config.model.arch
+    if a.n_heads % a.n_kv_heads:
+      raise ConfigError(f"model.arch.n_heads={a.n_heads} is not a multiple of "
+                        f"model.arch.n_kv_heads={a.n_kv_heads}")
+    if a.head_dim % 2:
+      raise ConfigError(f"model.arch.head_dim={a.head_dim} must be even (RoPE rotates pairs)")
+
+
+def model_config(config, **overrides) -> ModelConfig:
+  """ModelConfig for a from-scratch model (`model.arch`)."""
+  return ModelConfig(**config.model.arch.to_dict(), dtype=config.model.dtype, **overrides)
+
+
+# ------------------------------------------------------------ command line
+
+_OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
+
+
+def load_config_file(spec: str):
+  """`path.py[:arg]` -> ConfigDict, as ml_collections' config_flags reads it."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_rlaif_config", path)
+  if module_spec is None:
+    raise ConfigError(f"--config={spec}: cannot read {path}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _all_keys(cfg, prefix=""):
+  for k, v in cfg.items():
+    yield prefix + k
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _all_keys(v, prefix + k + ".")
+
+
+def unknown_override_message(config, argv) -> str | None:
+  """One line naming the first override whose key the config lacks, or None."""
+  keys = sorted(_all_keys(config))
+  for arg in argv:
+    m = _OVERRIDE.match(arg)
+    if not m:
+      continue
+    node, path = config, m.group(1).split(".")
+    for i, part in enumerate(path):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        key = ".".join(path)
+        near = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+        if not near:
+          parent = ".".join(path[:i])
+          near = [k for k in keys if k.startswith(parent + ".") and k.count(".") == i][:5]
+        hint = f"; nearest valid keys: {', '.join(near)}" if near else ""
+        return f"unknown config key '{key}'{hint}"
+      node = node[part]
+  return None
+
+
+def parse_flags(argv, flag_values) -> None:
+  """Parses absl flags; config mistakes exit with one line instead of a traceback."""
+  from absl import flags
+  try:
+    flag_values(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    msg = None
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec:
+      try:
+        msg = unknown_override_message(load_config_file(spec), argv)
+      except Exception:  # the file itself is broken: the original error says why
+        msg = None
+    if msg is None:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    sys.exit(f"error: {msg}")
+
+
+def describe_mesh(shape) -> str:
+  return " x ".join(f"{a}={s}" for a, s in zip(("data", "fsdp", "tensor"), shape)) + \
+      f" ({math.prod(shape)} devices)"

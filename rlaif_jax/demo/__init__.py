@@ -1,0 +1,1 @@
+"""Bundled worlds that need no download: the toy SFT tasks (and, later, the demo world)."""

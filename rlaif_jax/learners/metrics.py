@@ -1,0 +1,49 @@
+"""Metrics a person can plot: TensorBoard event files (tensorboardX) + JSONL.
+
+Only process 0 writes; every row of `metrics.jsonl` is `{"step": s, "name": v, ...}`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str, name: str = "train"):
+    self.enabled = jax.process_index() == 0
+    self.dir = os.path.join(workdir, "metrics")
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      os.makedirs(self.dir, exist_ok=True)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(self.dir, name))
+      self._jsonl = open(os.path.join(self.dir, f"{name}.jsonl"), "a", encoding="utf-8")
+
+  def write(self, step: int, scalars: dict, texts: dict | None = None) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), "time": time.time()}
+    for k, v in scalars.items():
+      v = float(np.asarray(v))
+      row[k] = v
+      self._tb.add_scalar(k, v, int(step))
+    for k, v in (texts or {}).items():
+      row[k] = v
+      self._tb.add_text(k, v if isinstance(v, str) else json.dumps(v, indent=1), int(step))
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,72 @@
+"""Supervised fine-tuning: next-token cross-entropy on response tokens only.
+
+    L = − Σ_{b,t} m[b,t+1] · log π(x[b,t+1] | x[b,≤t]) / Σ m
+
+where m marks response tokens (the EOS included) and is 0 on prompt and padding
+positions, so the prompt conditions the response but is never itself trained.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlaif_jax.learners import common
+from rlaif_jax.learners.trainer import Trainer
+
+
+def token_nll(model, batch):
+  """Per-position NLL of the next token (B, T-1) and its weights."""
+  logits, _ = model(batch["tokens"], batch["mask"])
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["tokens"][:, 1:])
+  weights = (batch["response_mask"][:, 1:] & batch["mask"][:, 1:]).astype(jnp.float32)
+  return nll, weights
+
+
+def sft_loss(model, batch, rng=None):
+  nll, w = token_nll(model, batch)
+  n = jnp.sum(w)
+  return jnp.sum(nll * w) / jnp.maximum(n, 1.0), {"response_tokens": n}
+
+
+def evaluate(model_fn, batches) -> dict:
+  """Mean response-token NLL and perplexity over `batches` (token-weighted)."""
+  @jax.jit
+  def sums(params, batch):
+    nll, w = token_nll(model_fn(params), batch)
+    return jnp.sum(nll * w), jnp.sum(w)
+  total, count = 0.0, 0.0
+  for batch in batches:
+    s, n = sums(None, batch)
+    total, count = total + float(s), count + float(n)
+  loss = total / max(count, 1.0)
+  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def run(config, workdir: str, mesh) -> dict:
+  tok = common.tokenizer(config)
+  model = common.policy_model(config, mesh, tok)
+  train_iter = common.data_iterator(config, tok, "sft", split="train")
+  trainer = Trainer(config, workdir, mesh, model, sft_loss, name="sft")
+
+  def eval_fn():
+    batches = common.eval_batches(config, tok, "sft", mesh)
+    if not batches:
+      return {}
+    graphdef, params = trainer.graphdef, trainer.state["params"]
+    from flax import nnx
+    return evaluate(lambda _: nnx.merge(graphdef, params), batches)
+
+  result = trainer.fit(common.global_batches(train_iter, mesh), eval_fn,
+                       tokens_per_batch=lambda b: int(np.sum(b["mask"])))
+  if config.train.export_hf:
+    from rlaif_jax.models.hf import export_hf
+    out = os.path.join(workdir, "hf")
+    export_hf(trainer.model(), out, tokenizer=tok)
+    logging.info("exported the SFT policy to %s", out)
+  return result

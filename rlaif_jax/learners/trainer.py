@@ -1,0 +1,251 @@
+"""Training machinery shared by every learner (SFT, RM, RL, DPO).
+
+A learner supplies a model and a loss; `Trainer` owns everything else:
+
+  state  = {"params", "opt_state", "step", "rng"}   a pure pytree, sharded
+  step   : jit(state, batch) -> (state', metrics)   explicit in/out shardings,
+           state donated, gradient accumulation by `lax.scan` over micro-batches
+  checkpoints: Orbax CheckpointManager in <workdir>/checkpoints (async, every N
+           steps and at the end, keep last K) holding the state *and* the data
+           iterator's position, so a resumed run replays exactly the batches an
+           uninterrupted one would have seen.
+  guard  : a step whose loss or gradient norm is not finite leaves params and
+           optimizer state untouched; the loop then stops naming the step, and
+           no checkpoint is ever written past it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from rlaif_jax.learners.metrics import MetricsWriter
+from rlaif_jax.mesh import batch_sharding
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def make_schedule(t, total_steps: int):
+  warm = min(t.warmup_steps, max(total_steps - 1, 0))
+  if t.schedule == "constant":
+    main = optax.constant_schedule(t.lr)
+  elif t.schedule == "cosine":
+    main = optax.cosine_decay_schedule(t.lr, max(total_steps - warm, 1), alpha=0.1)
+  elif t.schedule == "linear":
+    main = optax.linear_schedule(t.lr, 0.1 * t.lr, max(total_steps - warm, 1))
+  else:
+    raise ValueError(f"train.schedule={t.schedule!r}: use constant, cosine or linear")
+  if not warm:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warm), main], [warm])
+
+
+def make_optimizer(t, total_steps: int) -> optax.GradientTransformation:
+  """optax chain from `config.train`: clip -> AdamW | Adafactor | SGD with a schedule."""
+  lr = make_schedule(t, total_steps)
+  if t.optimizer == "adamw":
+    opt = optax.adamw(lr, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay)
+  elif t.optimizer == "adafactor":
+    # The paper's optimizer; optax's defaults (factored second moments, update
+    # clipping at 1, relative step off because we pass a schedule).
+    opt = optax.adafactor(lr, weight_decay_rate=t.weight_decay or None)
+  elif t.optimizer == "sgd":
+    opt = optax.sgd(lr)
+  else:
+    raise ValueError(f"train.optimizer={t.optimizer!r}: use adamw, adafactor or sgd")
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip), opt) if t.grad_clip else opt
+
+
+def _encode_iter_state(state) -> dict:
+  if isinstance(state, bytes):
+    return {"bytes": base64.b64encode(state).decode()}
+  return {"json": state}
+
+
+def _decode_iter_state(d: dict):
+  return base64.b64decode(d["bytes"]) if "bytes" in d else d["json"]
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class Trainer:
+  """Optimises `params` of `graphdef` under `loss_fn(model, batch, rng)`."""
+
+  def __init__(self, config, workdir: str, mesh, model: nnx.Module, loss_fn: LossFn,
+               name: str = "train", total_steps: int | None = None):
+    self.config, self.t, self.mesh, self.name = config, config.train, mesh, name
+    self.workdir = workdir
+    self.total_steps = total_steps or self.t.steps
+    self.graphdef, params = nnx.split(model)
+    params = nnx.to_pure_dict(params)
+    self.tx = make_optimizer(self.t, self.total_steps)
+    self.loss_fn = loss_fn
+    replicated = NamedSharding(mesh, P())
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    abstract_opt = jax.eval_shape(self.tx.init, params)
+    opt_sh = optax.tree_map_params(
+        self.tx, lambda leaf, p, sh: sh if leaf.shape == p.shape else replicated,
+        abstract_opt, params, param_sh, transform_non_params=lambda _: replicated)
+    self.state_sharding = {"params": param_sh, "opt_state": opt_sh,
+                           "step": replicated, "rng": replicated}
+    with jax.set_mesh(mesh):
+      opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(params)
+    rng = jax.device_put(jax.random.key_data(jax.random.key(config.seed)), replicated)
+    self.state = {"params": params, "opt_state": opt_state,
+                  "step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "rng": rng}
+    self._step_fn = None
+    ckpt_dir = os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir,
+                            "checkpoints")
+    self.ckpt = ocp.CheckpointManager(
+        ckpt_dir, options=ocp.CheckpointManagerOptions(
+            max_to_keep=self.t.keep_checkpoints, enable_async_checkpointing=True,
+            create=True))
+
+  # ------------------------------------------------------------------ model
+  def model(self, params=None) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.state["params"] if params is None else params)
+
+  # ------------------------------------------------------------------ step
+  def _train_step(self, state, batch):
+    accum = self.t.grad_accum
+    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+
+    def grads_of(mb, key):
+      def f(params):
+        return self.loss_fn(nnx.merge(self.graphdef, params), mb, key)
+      return jax.value_and_grad(f, has_aux=True)(state["params"])
+
+    if accum == 1:
+      (loss, aux), grads = grads_of(batch, step_rng)
+    else:
+      # Rows i*accum + j go to micro-batch j: each device keeps its own rows.
+      micro = jax.tree.map(lambda x: jnp.swapaxes(
+          x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+      keys = jax.random.split(step_rng, accum)
+
+      def body(carry, xs):
+        (l, a), g = grads_of(*xs)
+        return jax.tree.map(jnp.add, carry, (l, a, g)), None
+      first = jax.tree.map(lambda x: x[0], micro)
+      (l0, a0), g0 = grads_of(first, keys[0])
+      rest = jax.tree.map(lambda x: x[1:], micro)
+      (loss, aux, grads), _ = jax.lax.scan(body, (l0, a0, g0), (rest, keys[1:]))
+      loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
+    gnorm = optax.global_norm(grads)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = {"params": keep(params, state["params"]),
+                 "opt_state": keep(opt_state, state["opt_state"]),
+                 "step": state["step"] + 1, "rng": jax.random.key_data(rng)}
+    metrics = {"loss": loss, "grad_norm": gnorm, "finite": ok, **aux}
+    return new_state, metrics
+
+  def step(self, batch: dict) -> dict:
+    """One optimiser step on a global batch (numpy or jax arrays)."""
+    if self._step_fn is None:
+      batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, np.ndim(x)), batch)
+      self._step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, batch_sh),
+                              out_shardings=(self.state_sharding, None), donate_argnums=0)
+    with jax.set_mesh(self.mesh):
+      self.state, metrics = self._step_fn(self.state, batch)
+    return metrics
+
+  # ------------------------------------------------------------ checkpoints
+  def save(self, data_iter=None, force: bool = False) -> None:
+    step = int(self.state["step"])
+    items = {"state": ocp.args.StandardSave(self.state)}
+    if data_iter is not None and hasattr(data_iter, "get_state"):
+      items["data"] = ocp.args.JsonSave(_encode_iter_state(data_iter.get_state()))
+    self.ckpt.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, data_iter=None, step: int | None = None) -> int:
+    """Restores the latest (or given) checkpoint; returns its step (0 if none)."""
+    step = self.ckpt.latest_step() if step is None else step
+    if step is None:
+      return 0
+    abstract = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        self.state, self.state_sharding)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    has_data = "data" in (self.ckpt.item_metadata(step) or {})
+    if data_iter is not None and has_data:
+      items["data"] = ocp.args.JsonRestore()
+    restored = self.ckpt.restore(step, args=ocp.args.Composite(**items))
+    self.state = restored["state"]
+    if data_iter is not None and has_data:
+      data_iter.set_state(_decode_iter_state(restored["data"]))
+    logging.info("%s: resumed from step %d", self.name, step)
+    return step
+
+  # ------------------------------------------------------------------ loop
+  def fit(self, data_iter: Iterator[dict], eval_fn: Callable[[], dict] | None = None,
+          tokens_per_batch: Callable[[dict], int] | None = None) -> dict:
+    """Runs to `total_steps`, resuming from the workdir; returns the last metrics."""
+    start = self.restore(data_iter)
+    writer = MetricsWriter(self.workdir, self.name)
+    t, last = self.t, {}
+    bar = tqdm(total=self.total_steps, initial=start, desc=self.name, dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    pending, tokens, t0 = None, 0, time.perf_counter()
+    try:
+      for step in range(start + 1, self.total_steps + 1):
+        batch = next(data_iter)
+        tokens += tokens_per_batch(batch) if tokens_per_batch else 0
+        metrics = self.step(batch)
+        # Fetch the previous step's metrics after dispatching this one, so the
+        # host never stalls the device; sync fully before anything is saved.
+        if pending is not None:
+          last = self._check(*pending)
+        pending = (step, metrics)
+        due_ckpt = step % t.checkpoint_every == 0 or step == self.total_steps
+        due_log = step % t.log_every == 0 or step == self.total_steps
+        if due_ckpt or due_log:
+          last, pending = self._check(*pending), None
+        if due_log:
+          dt = time.perf_counter() - t0
+          last["tokens_per_sec"] = tokens / dt if dt > 0 else 0.0
+          tokens, t0 = 0, time.perf_counter()
+          writer.write(step, last)
+          bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
+        if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
+          writer.write(step, {f"eval/{k}": v for k, v in eval_fn().items()})
+        if due_ckpt:
+          self.save(data_iter)
+        bar.update(1)
+      if eval_fn is not None:
+        ev = eval_fn()
+        writer.write(self.total_steps, {f"eval/{k}": v for k, v in ev.items()})
+        last.update({f"eval/{k}": v for k, v in ev.items()})
+    finally:
+      bar.close()
+      writer.close()
+      self.ckpt.wait_until_finished()
+    return last
+
+  def _check(self, step: int, metrics: dict) -> dict:
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not host.pop("finite"):
+      self.ckpt.wait_until_finished()
+      good = self.ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"{self.name}: non-finite loss ({host['loss']}) or gradient norm "
+          f"({host['grad_norm']}) at step {step}; stopped. The last good checkpoint is "
+          f"step {good} in {self.ckpt.directory}" if good is not None else
+          f"{self.name}: non-finite loss at step {step}; stopped before any checkpoint")
+    return host
