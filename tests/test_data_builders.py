@@ -127,3 +127,28 @@ def test_builder_bad_record_names_file_and_line_or_is_counted(tmp_path):
   assert read(b, "train") == [good]
   skipped = b.info.metadata["skipped"]["train"]
   assert skipped["count"] == 1 and skipped["skipped"][0][0] == f"{raw}:2"
+
+
+def test_tldr_sources_feed_the_pipeline(tmp_path):
+  from rlaif_jax.data import data_config, make_iterator
+  from rlaif_jax.models.tokenizer import load_tokenizer
+  recs = [{"id": f"t{i}", "subreddit": "tifu", "title": f"T{i}", "post": f"p{i}",
+           "summary": f" s{i} "} for i in range(2)]
+  write_jsonl(tmp_path / "raw" / "valid.jsonl", recs)
+  raw = [comparison(0, "train", 0, 9), comparison(1, "train", 1, 1), comparison(2, "train", 1, 5)]
+  write_jsonl(tmp_path / "raw" / "batch3.json", raw)
+  c = data_config()
+  c.update(dict(source="tldr", split="valid", data_dir=str(tmp_path / "tfds"), shuffle=False,
+                manual_dir=str(tmp_path / "raw"), read_threads=0, max_prompt_len=64,
+                max_response_len=8))
+  tok = load_tokenizer("byte")
+  b = next(make_iterator(c, tok, "sft", 2, with_text=True, shard_count=1, shard_index=0))
+  assert list(b["prompt"]) == [f"SUBREDDIT: r/tifu\n\nTITLE: T{i}\n\nPOST: p{i}\n\nTL;DR:" for i in (0, 1)]
+  assert list(b["response"]) == [" s0", " s1"]  # one space after the cue, summary stripped
+  assert tok.decode(b["tokens"][1][b["response_mask"][1]]) == " s1<eos>"
+
+  c.update(dict(source="tldr_comparisons", split="train", confidence_filter=(1, 9)))
+  b = next(make_iterator(c, tok, "pairs", 2, with_text=True, shard_count=1, shard_index=0))
+  assert list(b["id"]) == ["p0", "p1"]  # confidence 5 filtered out
+  assert list(b["response_a"]) == [" a0", " a1"] and list(b["response_b"]) == [" b0", " b1"]
+  assert b["label"].tolist() == b["human_label"].tolist() == [1.0, 0.0]  # choice 0 -> a preferred

@@ -209,6 +209,8 @@ def make_iterator(data_cfg, tokenizer, kind: str, batch_size: int, *, seed: int 
     raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
+  if data_cfg.long_response_policy not in ("skip", "error"):
+    raise ValueError(f"long_response_policy {data_cfg.long_response_policy!r}: skip or error")
   if batch_size % shard_count:
     raise ValueError(f"global batch {batch_size} is not divisible by {shard_count} hosts")
   seed = data_cfg.seed if seed is None else seed

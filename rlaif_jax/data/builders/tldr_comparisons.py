@@ -7,7 +7,7 @@ policy, note}, choice (0/1, the preferred summary), worker, batch, split
 ("train", "valid1", "valid2"), optional extra.confidence (1-9).
 
 Splits: train (split == "train") and validation ("valid1" + "valid2"), in file
-order. `confidence` is -1 where the record has none, so alignment sets can be
+order; a split with no records is left out. `confidence` is -1 where the record has none, so alignment sets can be
 filtered to confidence 1, 2, 8, 9 as in the RLAIF paper.
 """
 from __future__ import annotations
@@ -16,12 +16,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rlaif_jax.data.builders.common import RawRecordsMixin, manual_files
-from rlaif_jax.data.records import BadRecordError, require_object, require_text
+from rlaif_jax.data.records import (BadRecordError, read_json_lines, require_object,
+                                    require_text)
 
 URL = "https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/"
 BATCHES = tuple(f"batch{i}.json" for i in range(3, 23))
 ROUTE = {"train": "train", "valid1": "validation", "valid2": "validation"}
 NO_CONFIDENCE = -1
+
+
+def read_json_lines_all(files):
+  for path in files:
+    yield from read_json_lines(path)
 
 
 class TldrComparisons(RawRecordsMixin, tfds.core.GeneratorBasedBuilder):
@@ -41,12 +47,15 @@ class TldrComparisons(RawRecordsMixin, tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/openai/summarize-from-feedback")
 
   def _split_generators(self, dl_manager):
-    files = manual_files(dl_manager, ["*.json", "*.jsonl"])
+    files = manual_files(dl_manager, ["*.json"])  # not *.jsonl: tldr's files may share the dir
     if files is None:
       files = list(dl_manager.download([URL + b for b in BATCHES]))
     elif not files:
       raise FileNotFoundError("tldr_comparisons: manual_dir holds no *.json comparison files")
-    return {s: self._generate_examples(s, files) for s in ("train", "validation")}
+    # TFDS refuses an empty split, and a mirror may hold train batches only.
+    present = {ROUTE.get(v.get("split")) for _, v in read_json_lines_all(files)
+               if isinstance(v, dict) and isinstance(v.get("split"), str)}
+    return {s: self._generate_examples(s, files) for s in ("train", "validation") if s in present}
 
   def _generate_examples(self, split, files):
     def parse(where, value):
