@@ -20,12 +20,16 @@ from rlaif_jax.learners import common
 from rlaif_jax.learners.trainer import Trainer
 
 
-def token_nll(model, batch):
-  """Per-position NLL of the next token (B, T-1) and its weights."""
-  logits, _ = model(batch["tokens"], batch["mask"])
+def response_nll(logits, batch):
+  """Per-position NLL of the next token (B, T-1) and its response-only weights."""
   nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["tokens"][:, 1:])
   weights = (batch["response_mask"][:, 1:] & batch["mask"][:, 1:]).astype(jnp.float32)
   return nll, weights
+
+
+def token_nll(model, batch):
+  logits, _ = model(batch["tokens"], batch["mask"])
+  return response_nll(logits, batch)
 
 
 def sft_loss(model, batch, rng=None):

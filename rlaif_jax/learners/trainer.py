@@ -145,7 +145,7 @@ class Trainer:
       rest = jax.tree.map(lambda x: x[1:], micro)
       (loss, aux, grads), _ = jax.lax.scan(body, (l0, a0, g0), (rest, keys[1:]))
       loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.tree.norm(grads)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
