@@ -29,6 +29,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "numpy>=1.26",
         "absl-py>=2.1",
+        "importlib_resources>=6.0",  # needed by tensorflow-datasets 4.9 without TensorFlow
     ],
     extras_require={
         # torch only as the independent reference in parity tests; pinned to the

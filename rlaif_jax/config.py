@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
        if f.name not in ("rope_scaling", "dtype", "bos_token_id", "eos_token_id", "pad_token_id")})
 
   c.data = _data_config()
+  c.data.eval_split = "valid"     # held-out split for eval metrics
+  c.data.eval_jsonl_path = ""     # source == "jsonl": the held-out file ("" = no eval)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16        # global, across all devices and hosts
@@ -64,13 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def _data_config() -> ml_collections.ConfigDict:
-  try:
-    from rlaif_jax.data.config import data_config
-  except ImportError:
-    d = ml_collections.ConfigDict()
-    d.max_prompt_len = 64
-    d.max_response_len = 32
-    return d
+  from rlaif_jax.data.config import data_config
   return data_config()
 
 

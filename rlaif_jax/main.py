@@ -26,8 +26,13 @@ def define_flags():
   flags.DEFINE_integer("process_id", None, "this process's id (multi-process)")
 
 
+# stage -> module with `run(config, workdir, mesh) -> dict`
 STAGES = {
     "sft": "rlaif_jax.learners.sft",
+    "rm": "rlaif_jax.learners.reward",
+    "label": "rlaif_jax.labeler.stage",
+    "rl": "rlaif_jax.learners.rl",
+    "dpo": "rlaif_jax.learners.dpo",
 }
 
 

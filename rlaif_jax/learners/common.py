@@ -6,6 +6,7 @@ import os
 import jax
 
 from rlaif_jax.config import ConfigError, model_config
+from rlaif_jax.mesh import global_batch
 from rlaif_jax.models.sharding import init_sharded
 from rlaif_jax.models.tokenizer import load_tokenizer
 from rlaif_jax.models.transformer import ScalarModel, Transformer
@@ -50,18 +51,36 @@ def scalar_model(config, mesh, tok, checkpoint: str | None = None) -> ScalarMode
 
 def prepare_data(config, workdir: str) -> None:
   """Materialises bundled sources (the toy tasks) inside the workdir."""
-  if config.data.get("source") == "toy":
+  if config.data.source == "toy":
     from rlaif_jax.demo import toy
     paths = toy.write(os.path.join(workdir, "data", "toy"), seed=config.seed)
     with config.unlocked():
       config.data.source = "jsonl"
-      config.data.train_path = paths["train"]
-      config.data.eval_path = paths["valid"]
+      config.data.jsonl_path = paths["train"]
+      config.data.eval_jsonl_path = paths["valid"]
 
 
-def data_iterator(config, tok, kind: str, split: str = "train", num_epochs=None):
-  """Process-local, checkpointable iterator of numpy batches (see rlaif_jax.data)."""
+def data_iterator(config, tok, kind: str, num_epochs=None):
+  """This process's share of the training batches, checkpointable (rlaif_jax.data)."""
   from rlaif_jax.data.pipeline import make_iterator
-  per_process = config.train.batch_size // jax.process_count()
-  return make_iterator(config.data, tok, kind=kind, batch_size=per_process, split=split,
+  return make_iterator(config.data, tok, kind=kind, batch_size=config.train.batch_size,
                        seed=config.seed, num_epochs=num_epochs)
+
+
+def eval_batches(config, tok, kind: str, mesh) -> list:
+  """Up to `train.eval_batches` global batches of the held-out split (fixed order)."""
+  from rlaif_jax.data.pipeline import make_iterator, numeric
+  d = config.data.copy_and_resolve_references()
+  with d.unlocked():
+    d.split, d.shuffle = config.data.eval_split, False
+    if d.source == "jsonl":
+      if not config.data.eval_jsonl_path:
+        return []
+      d.jsonl_path = config.data.eval_jsonl_path
+  it = make_iterator(d, tok, kind=kind, batch_size=config.train.batch_size, num_epochs=1)
+  out = []
+  for batch in it:
+    out.append(global_batch(numeric(batch), mesh))
+    if len(out) == config.train.eval_batches:
+      break
+  return out

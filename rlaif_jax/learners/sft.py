@@ -7,6 +7,7 @@ positions, so the prompt conditions the response but is never itself trained.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from rlaif_jax.learners import common
 from rlaif_jax.learners.trainer import Trainer
@@ -38,35 +40,34 @@ def sft_loss(model, batch, rng=None):
   return jnp.sum(nll * w) / jnp.maximum(n, 1.0), {"response_tokens": n}
 
 
-def evaluate(model_fn, batches) -> dict:
-  """Mean response-token NLL and perplexity over `batches` (token-weighted)."""
-  @jax.jit
-  def sums(params, batch):
-    nll, w = token_nll(model_fn(params), batch)
-    return jnp.sum(nll * w), jnp.sum(w)
+@functools.partial(jax.jit, static_argnums=0)
+def _nll_sums(graphdef, params, batch):
+  nll, w = token_nll(nnx.merge(graphdef, params), batch)
+  return jnp.sum(nll * w), jnp.sum(w)
+
+
+def evaluate(graphdef, params, batches) -> dict:
+  """Token-weighted mean response NLL and perplexity over `batches`."""
   total, count = 0.0, 0.0
   for batch in batches:
-    s, n = sums(None, batch)
+    s, n = _nll_sums(graphdef, params, batch)
     total, count = total + float(s), count + float(n)
   loss = total / max(count, 1.0)
   return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
 def run(config, workdir: str, mesh) -> dict:
+  common.prepare_data(config, workdir)
   tok = common.tokenizer(config)
   model = common.policy_model(config, mesh, tok)
-  train_iter = common.data_iterator(config, tok, "sft", split="train")
   trainer = Trainer(config, workdir, mesh, model, sft_loss, name="sft")
+  held_out = common.eval_batches(config, tok, "sft", mesh)
 
   def eval_fn():
-    batches = common.eval_batches(config, tok, "sft", mesh)
-    if not batches:
-      return {}
-    graphdef, params = trainer.graphdef, trainer.state["params"]
-    from flax import nnx
-    return evaluate(lambda _: nnx.merge(graphdef, params), batches)
+    with jax.set_mesh(mesh):
+      return evaluate(trainer.graphdef, trainer.state["params"], held_out) if held_out else {}
 
-  result = trainer.fit(common.global_batches(train_iter, mesh), eval_fn,
+  result = trainer.fit(common.data_iterator(config, tok, "sft"), eval_fn,
                        tokens_per_batch=lambda b: int(np.sum(b["mask"])))
   if config.train.export_hf:
     from rlaif_jax.models.hf import export_hf

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from rlaif_jax.learners.metrics import MetricsWriter
-from rlaif_jax.mesh import batch_sharding
+from rlaif_jax.mesh import batch_sharding, global_batch
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -157,7 +157,11 @@ class Trainer:
     return new_state, metrics
 
   def step(self, batch: dict) -> dict:
-    """One optimiser step on a global batch (numpy or jax arrays)."""
+    """One optimiser step. `batch`: this process's rows (numpy; text fields are
+    dropped) or an already global batch of jax Arrays."""
+    batch = {k: v for k, v in batch.items() if getattr(v, "dtype", object) != object}
+    if not all(isinstance(v, jax.Array) for v in batch.values()):
+      batch = global_batch(batch, self.mesh)
     if self._step_fn is None:
       batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, np.ndim(x)), batch)
       self._step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, batch_sh),
