@@ -3,8 +3,11 @@
     "reverse: abc\n=> " -> "cba"      "sort: 3142\n=> " -> "1234"
     "upper: cat\n=> "   -> "CAT"
 
-Deterministic for a seed; written as the generic JSONL SFT format
-({"prompt", "response"} per line) so it exercises the same pipeline as users' data.
+Deterministic for a seed; written as the generic JSONL formats ({"prompt",
+"response"} for SFT; {"prompt", "response_a", "response_b", "label",
+"human_label"} for preference pairs) so it exercises the same pipeline as
+users' data. In a pair one response is the right answer and the other a
+corrupted one (a character changed or two swapped); `label` is P(a preferred).
 """
 from __future__ import annotations
 
@@ -30,17 +33,48 @@ def examples(n: int, seed: int) -> list[dict]:
   return out
 
 
-def write(directory: str, n_train: int = 2000, n_valid: int = 200, seed: int = 0) -> dict:
-  """Writes train.jsonl / valid.jsonl (idempotent); returns {split: path}."""
+def corrupt(text: str, rng: random.Random) -> str:
+  chars = list(text)
+  i = rng.randrange(len(chars))
+  if rng.random() < 0.5 and len(set(chars)) > 1:
+    j = rng.choice([k for k in range(len(chars)) if chars[k] != chars[i]])
+    chars[i], chars[j] = chars[j], chars[i]
+  else:
+    pool = "0123456789" if text.isdigit() else (_LETTERS.upper() if text.isupper() else _LETTERS)
+    chars[i] = rng.choice([c for c in pool if c != chars[i]])
+  return "".join(chars)
+
+
+def pairs(n: int, seed: int, soft: float = 1.0) -> list[dict]:
+  """Right vs corrupted answers in random order; label = soft for the right one."""
+  rng = random.Random(seed + 1000)
+  out = []
+  for ex in examples(n, seed):
+    good, bad = ex["response"], corrupt(ex["response"], rng)
+    first = rng.random() < 0.5
+    a, b = (good, bad) if first else (bad, good)
+    out.append({"prompt": ex["prompt"], "response_a": a, "response_b": b,
+                "label": soft if first else 1.0 - soft, "human_label": 1.0 if first else 0.0})
+  return out
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+  if os.path.exists(path):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)
+
+
+def write(directory: str, kind: str = "sft", n_train: int = 2000, n_valid: int = 200,
+          seed: int = 0) -> dict:
+  """Writes {kind}_train.jsonl / {kind}_valid.jsonl (idempotent); returns {split: path}."""
   os.makedirs(directory, exist_ok=True)
+  make = {"sft": examples, "pairs": pairs}[kind]
   paths = {}
   for split, n, s in (("train", n_train, seed), ("valid", n_valid, seed + 1)):
-    path = os.path.join(directory, f"{split}.jsonl")
-    if not os.path.exists(path):
-      tmp = path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        for ex in examples(n, s):
-          f.write(json.dumps(ex) + "\n")
-      os.replace(tmp, path)
-    paths[split] = path
+    paths[split] = os.path.join(directory, f"{kind}_{split}.jsonl")
+    _write_jsonl(paths[split], make(n, s))
   return paths

@@ -7,6 +7,7 @@ import jax
 
 from rlaif_jax.config import ConfigError, model_config
 from rlaif_jax.mesh import global_batch
+from rlaif_jax.models import store
 from rlaif_jax.models.sharding import init_sharded
 from rlaif_jax.models.tokenizer import load_tokenizer
 from rlaif_jax.models.transformer import ScalarModel, Transformer
@@ -29,31 +30,28 @@ def scratch_model_config(config, tok):
 
 
 def policy_model(config, mesh, tok, checkpoint: str | None = None) -> Transformer:
-  """A causal LM from `checkpoint` (a HF dir), `model.checkpoint`, or from scratch."""
-  path = checkpoint if checkpoint is not None else config.model.checkpoint
-  if path:
-    from rlaif_jax.models.hf import load_hf
-    model, _ = load_hf(path, mesh, dtype=config.model.dtype)
-    return model
-  cfg = scratch_model_config(config, tok)
-  return init_sharded(lambda rngs: Transformer(cfg, rngs), mesh, config.seed)
+  """A causal LM from `checkpoint` / `model.checkpoint` (ours or a HF dir), or from scratch."""
+  return _model(config, mesh, tok, "lm", checkpoint)
 
 
 def scalar_model(config, mesh, tok, checkpoint: str | None = None) -> ScalarModel:
+  """A reward / value model; from an LM checkpoint it keeps the trunk, new head."""
+  return _model(config, mesh, tok, "scalar", checkpoint)
+
+
+def _model(config, mesh, tok, kind, checkpoint):
   path = checkpoint if checkpoint is not None else config.model.checkpoint
   if path:
-    from rlaif_jax.models.hf import load_hf
-    model, _ = load_hf(path, mesh, kind="scalar", seed=config.seed, dtype=config.model.dtype)
-    return model
+    return store.load_any(path, mesh, kind, seed=config.seed, dtype=config.model.dtype)
   cfg = scratch_model_config(config, tok)
-  return init_sharded(lambda rngs: ScalarModel(cfg, rngs), mesh, config.seed)
+  return init_sharded(lambda rngs: store.KINDS[kind](cfg, rngs), mesh, config.seed)
 
 
-def prepare_data(config, workdir: str) -> None:
+def prepare_data(config, workdir: str, kind: str = "sft") -> None:
   """Materialises bundled sources (the toy tasks) inside the workdir."""
   if config.data.source == "toy":
     from rlaif_jax.demo import toy
-    paths = toy.write(os.path.join(workdir, "data", "toy"), seed=config.seed)
+    paths = toy.write(os.path.join(workdir, "data", "toy"), kind, seed=config.seed)
     with config.unlocked():
       config.data.source = "jsonl"
       config.data.jsonl_path = paths["train"]

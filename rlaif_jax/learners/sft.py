@@ -20,6 +20,7 @@ from flax import nnx
 
 from rlaif_jax.learners import common
 from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.models import store
 
 
 def response_nll(logits, batch):
@@ -69,6 +70,7 @@ def run(config, workdir: str, mesh) -> dict:
 
   result = trainer.fit(common.data_iterator(config, tok, "sft"), eval_fn,
                        tokens_per_batch=lambda b: int(np.sum(b["mask"])))
+  store.save(trainer.model(), os.path.join(workdir, "model"))
   if config.train.export_hf:
     from rlaif_jax.models.hf import export_hf
     out = os.path.join(workdir, "hf")

@@ -1,0 +1,86 @@
+"""A trained model as a stage's output artifact: `<dir>/model_config.json` + Orbax params.
+
+Stages hand models to each other through these directories (SFT -> RM init,
+SFT -> RL policy/reference, RM -> RL reward). Loading restores every parameter
+straight into its shard. A causal-LM directory can also seed a scalar model
+(reward / value): the trunk is copied, the head freshly initialised.
+Hugging Face directories (config.json + safetensors) are accepted wherever a
+model directory is, through `load_any`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.models.sharding import abstract_model, init_sharded, state_shardings
+from rlaif_jax.models.transformer import ScalarModel, Transformer
+
+KINDS = {"lm": Transformer, "scalar": ScalarModel}
+
+
+def kind_of(model: nnx.Module) -> str:
+  return "scalar" if isinstance(model, ScalarModel) else "lm"
+
+
+def model_cfg_of(model: nnx.Module) -> ModelConfig:
+  return model.trunk.cfg if isinstance(model, ScalarModel) else model.cfg
+
+
+def save(model: nnx.Module, path: str) -> None:
+  """Writes the model's params and config (collective on multi-host)."""
+  path = os.path.abspath(path) if "://" not in path else path
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, "params"), params, force=True)
+    ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    meta = {"kind": kind_of(model), "model": dataclasses.asdict(model_cfg_of(model))}
+    with open(os.path.join(path, "model_config.json"), "w") as f:
+      json.dump(meta, f, indent=2)
+
+
+def read_meta(path: str) -> dict:
+  with open(os.path.join(path, "model_config.json")) as f:
+    return json.load(f)
+
+
+def _restore_into(path: str, abstract: nnx.State, mesh) -> dict:
+  shardings = nnx.to_pure_dict(state_shardings(abstract, mesh))
+  target = jax.tree.map(
+      lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh),
+      nnx.to_pure_dict(abstract), shardings)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(os.path.join(os.path.abspath(path), "params"), target)
+
+
+def load(path: str, mesh, kind: str | None = None, seed: int = 0, **cfg_overrides):
+  """Restores a saved model; `kind="scalar"` from an "lm" directory copies the trunk."""
+  meta = read_meta(path)
+  cfg = ModelConfig(**{**meta["model"], **cfg_overrides})
+  kind = kind or meta["kind"]
+  if kind == meta["kind"]:
+    ctor = lambda rngs: KINDS[kind](cfg, rngs)
+    graphdef, abstract = abstract_model(ctor)
+    return nnx.merge(graphdef, _restore_into(path, abstract, mesh))
+  if (meta["kind"], kind) != ("lm", "scalar"):
+    raise ValueError(f"{path} holds a {meta['kind']} model; cannot load it as {kind}")
+  model = init_sharded(lambda rngs: ScalarModel(cfg, rngs), mesh, seed)
+  _, abstract_lm = abstract_model(lambda rngs: Transformer(cfg, rngs))
+  lm = _restore_into(path, abstract_lm, mesh)
+  lm.pop("lm_head", None)
+  nnx.update(model.trunk, lm)
+  return model
+
+
+def load_any(path: str, mesh, kind: str = "lm", seed: int = 0, **cfg_overrides):
+  """Our model directory or a Hugging Face one."""
+  if os.path.exists(os.path.join(path, "model_config.json")):
+    return load(path, mesh, kind, seed, **cfg_overrides)
+  from rlaif_jax.models.hf import load_hf
+  return load_hf(path, mesh, kind=kind, seed=seed, **cfg_overrides)[0]
