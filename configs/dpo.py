@@ -1,0 +1,44 @@
+"""DPO stage: the policy learns the labeler's preferences directly, no reward model.
+
+  toy   – a tiny policy learns to prefer right answers over corrupted ones in the
+          toy tasks (from scratch, or from the toy SFT with
+          --config.model.checkpoint=<sft workdir>/model, which is then also the
+          frozen reference).
+  tldr  – the paper's summarization task on AI labels (JSONL of pairs written by
+          the label stage, soft labels kept), policy and reference = the SFT policy.
+
+`dpo.beta` scales the implicit reward β·log(π/π_ref); `dpo.label_smoothing` ε
+gives conservative DPO (p -> (1−ε)p + ε(1−p)); `dpo.precompute_reference` runs
+the reference once over the training set before training and frees it.
+"""
+import ml_collections
+
+from rlaif_jax.config import base_config
+
+
+def get_config(variant: str = "toy"):
+  c = base_config()
+  c.stage = "dpo"
+  c.dpo = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0,
+                                         precompute_reference=False))
+  if variant == "toy":
+    c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                        head_dim=16, d_ff=192, max_seq_len=64)
+    c.data.source = "toy"
+    c.data.max_prompt_len = 24
+    c.data.max_response_len = 12
+    c.train.update(batch_size=32, steps=150, lr=1e-3, warmup_steps=10, log_every=25,
+                   checkpoint_every=50, eval_batches=4)
+  elif variant == "tldr":
+    c.model.tokenizer = ""       # required: a local HF tokenizer directory
+    c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)
+    c.data.source = "jsonl"      # AI-labelled pairs from the label stage (soft labels)
+    c.data.jsonl_path = ""
+    c.data.eval_jsonl_path = ""  # held-out pairs (with human labels for accuracy_human)
+    c.data.max_prompt_len = 1024
+    c.data.max_response_len = 128
+    c.train.update(batch_size=64, steps=2000, optimizer="adafactor", lr=1e-6,
+                   warmup_steps=150, schedule="constant", checkpoint_every=200)
+  else:
+    raise ValueError(f"unknown dpo variant {variant!r}: use toy or tldr")
+  return c

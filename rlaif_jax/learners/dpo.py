@@ -1,0 +1,323 @@
+"""Direct preference optimisation on (soft) AI labels: alignment without a reward model.
+
+The policy π starts from the SFT policy; the reference π_ref is a frozen copy of
+it. For a pair (x, y_a, y_b) with p = P(y_a preferred) – the labeler's soft
+label, or 0/1 from a human –
+
+    Δ = [log π(y_a|x) − log π_ref(y_a|x)] − [log π(y_b|x) − log π_ref(y_b|x)]
+    L = −[ p · log σ(β·Δ) + (1 − p) · log σ(−β·Δ) ]
+
+where log π(y|x) sums the response tokens' log-probs only (the EOS included,
+never the prompt). Hard labels give standard DPO; label smoothing ε (conservative
+DPO) replaces p by (1 − ε)·p + ε·(1 − p). β·(log π − log π_ref) is the implicit
+reward of a response; unlabeled pairs (p = −1) carry no loss.
+
+Both responses of a pair go through one forward pass (stacked on the batch
+axis). The reference's parameters are an explicit argument of the jitted step,
+sharded exactly like the policy's, and never receive gradients; its sequence
+log-probs are computed once per batch inside the step (per micro-batch under
+gradient accumulation) under stop_gradient, or – with
+`dpo.precompute_reference=True` – once for the whole training set before
+training, cached by pair content, attached to each batch as `ref_logp_a/_b`,
+and the reference's parameters freed.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlaif_jax.config import ConfigError
+from rlaif_jax.learners import common
+from rlaif_jax.learners.sft import response_nll
+from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.mesh import batch_sharding, global_batch
+from rlaif_jax.models import store
+
+PAIR_KEYS = ("tokens_a", "mask_a", "response_mask_a", "tokens_b", "mask_b", "response_mask_b")
+
+
+# ------------------------------------------------------------------ the loss
+
+def smoothed(p, label_smoothing: float):
+  """Conservative DPO: p -> (1 − ε)·p + ε·(1 − p)."""
+  return (1.0 - label_smoothing) * p + label_smoothing * (1.0 - p)
+
+
+def dpo_loss(pi_a, pi_b, ref_a, ref_b, p, beta: float, label_smoothing: float = 0.0):
+  """Per-pair −[p log σ(βΔ) + (1−p) log σ(−βΔ)] from sequence log-probs."""
+  z = beta * ((pi_a - ref_a) - (pi_b - ref_b))
+  q = smoothed(p, label_smoothing)
+  return -(q * jax.nn.log_sigmoid(z) + (1.0 - q) * jax.nn.log_sigmoid(-z))
+
+
+def sequence_logprobs(model, tokens, mask, response_mask):
+  """Σ over response tokens of log π(x_{t+1} | x_{≤t}), per row (B,), float32."""
+  logits, _ = model(tokens, mask)
+  nll, w = response_nll(logits, {"tokens": tokens, "mask": mask, "response_mask": response_mask})
+  return -jnp.sum(nll * w, axis=-1)
+
+
+def pair_logprobs(model, batch):
+  """(log π(y_a), log π(y_b)), both responses in one forward pass."""
+  cat = lambda k: jnp.concatenate([batch[f"{k}_a"], batch[f"{k}_b"]], 0)
+  lp = sequence_logprobs(model, cat("tokens"), cat("mask"), cat("response_mask"))
+  n = batch["tokens_a"].shape[0]
+  return lp[:n], lp[n:]
+
+
+def _masked_mean(x, w):
+  return jnp.sum(jnp.where(w, x, 0.0)) / jnp.maximum(jnp.sum(w), 1)
+
+
+def pair_stats(pi_a, pi_b, ref_a, ref_b, batch, beta: float, label_smoothing: float) -> dict:
+  """Per-row quantities behind the loss and the metrics (sums and masks)."""
+  p, h = batch["label"], batch["human_label"]
+  labeled = p >= 0
+  losses = dpo_loss(pi_a, pi_b, ref_a, ref_b, jnp.clip(p, 0.0, 1.0), beta, label_smoothing)
+  drift_a, drift_b = pi_a - ref_a, pi_b - ref_b
+  z = beta * (drift_a - drift_b)               # implicit reward of a minus that of b
+  decisive = labeled & (p != 0.5)              # the soft label has an argmax
+  a_chosen = p > 0.5
+  sign = jnp.where(a_chosen, 1.0, -1.0)
+  human = (h >= 0) & (h != 0.5)
+  return {
+      "loss": (losses, labeled),
+      "accuracy": ((z > 0) == a_chosen, decisive),
+      "accuracy_human": ((z > 0) == (h > 0.5), human),
+      "reward_margin": (sign * z, decisive),     # implicit reward chosen − rejected
+      "chosen_drift": (jnp.where(a_chosen, drift_a, drift_b), decisive),
+      "rejected_drift": (jnp.where(a_chosen, drift_b, drift_a), decisive),
+  }
+
+
+def make_loss_fn(beta: float, label_smoothing: float = 0.0):
+  """loss_fn(model, batch, rng) for `Trainer`; the batch carries ref_logp_a/_b."""
+  def loss_fn(model, batch, rng=None):
+    pi_a, pi_b = pair_logprobs(model, batch)
+    ref_a = jax.lax.stop_gradient(batch["ref_logp_a"])
+    ref_b = jax.lax.stop_gradient(batch["ref_logp_b"])
+    stats = pair_stats(pi_a, pi_b, ref_a, ref_b, batch, beta, label_smoothing)
+    means = {k: _masked_mean(v.astype(jnp.float32), w) for k, (v, w) in stats.items()}
+    return means.pop("loss"), means
+  return loss_fn
+
+
+# ------------------------------------------------------------- the reference
+
+def copy_params(params):
+  """A separate, identically sharded copy (the trainer donates its own buffers)."""
+  shardings = jax.tree.map(lambda x: x.sharding, params)
+  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(params)
+
+
+def reference_logprobs(graphdef, ref_params, batch, chunks: int = 1):
+  """Reference (log π_ref(y_a), log π_ref(y_b)) under stop_gradient, in `chunks`
+  sequential micro-batches (rows i*chunks + j in chunk j, as the trainer splits)."""
+  ref_params = jax.lax.stop_gradient(ref_params)
+  pairs = {k: batch[k] for k in PAIR_KEYS}
+  f = lambda mb: pair_logprobs(nnx.merge(graphdef, ref_params), mb)
+  if chunks == 1:
+    return f(pairs)
+  micro = jax.tree.map(lambda x: jnp.swapaxes(
+      x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]), 0, 1), pairs)
+  a, b = jax.lax.map(f, micro)
+  unsplit = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1)
+  return unsplit(a), unsplit(b)
+
+
+class DPOTrainer(Trainer):
+  """`Trainer` whose step also takes the frozen reference's params.
+
+  A batch that already carries `ref_logp_a/_b` (precomputed) goes through the
+  plain step; otherwise the jitted step receives the reference's params as an
+  argument (sharded like the policy, not donated, never differentiated) and
+  computes their log-probs first.
+  """
+
+  def __init__(self, config, workdir, mesh, model, reference_params=None, name="dpo"):
+    d = config.dpo
+    super().__init__(config, workdir, mesh, model, make_loss_fn(d.beta, d.label_smoothing), name)
+    if reference_params is None:
+      with jax.set_mesh(mesh):
+        reference_params = copy_params(self.state["params"])
+    self.reference = reference_params
+    self._dpo_step_fn = None
+
+  def _reference_step(self, state, batch, ref_params):
+    ref_a, ref_b = reference_logprobs(self.graphdef, ref_params, batch, self.t.grad_accum)
+    return self._train_step(state, {**batch, "ref_logp_a": ref_a, "ref_logp_b": ref_b})
+
+  def step(self, batch: dict) -> dict:
+    if "ref_logp_a" in batch:
+      return super().step(batch)
+    if self.reference is None:
+      raise ValueError("the batch has no ref_logp_a/_b and the reference was released")
+    batch = {k: v for k, v in batch.items() if getattr(v, "dtype", object) != object}
+    if not all(isinstance(v, jax.Array) for v in batch.values()):
+      batch = global_batch(batch, self.mesh)
+    if self._dpo_step_fn is None:
+      batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, np.ndim(x)), batch)
+      self._dpo_step_fn = jax.jit(
+          self._reference_step,
+          in_shardings=(self.state_sharding, batch_sh, self.state_sharding["params"]),
+          out_shardings=(self.state_sharding, None), donate_argnums=0)
+    with jax.set_mesh(self.mesh):
+      self.state, metrics = self._dpo_step_fn(self.state, batch, self.reference)
+    return metrics
+
+
+# ------------------------------------------------ precomputed reference cache
+
+def pair_key(batch: dict, i: int) -> bytes:
+  """Content address of row i of a pair batch (what the reference log-probs depend on)."""
+  h = hashlib.blake2b(digest_size=16)
+  for k in PAIR_KEYS:
+    h.update(np.ascontiguousarray(batch[k][i]).tobytes())
+  return h.digest()
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in its local order."""
+  shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
+  return np.concatenate([shards[k] for k in sorted(shards)])
+
+
+def precompute_reference(batches, n_batches: int, graphdef, ref_params, mesh) -> dict:
+  """{pair key: (log π_ref(y_a), log π_ref(y_b))} over `n_batches` local batches.
+
+  Every process ends up with the whole cache (keys and values all-gathered)."""
+  from jax.experimental import multihost_utils
+  fn = jax.jit(functools.partial(reference_logprobs, graphdef))
+  keys, values = [], []
+  with jax.set_mesh(mesh):
+    for _ in range(n_batches):
+      batch = next(batches)
+      rows = len(batch["tokens_a"])
+      key = np.frombuffer(b"".join(pair_key(batch, i) for i in range(rows)),
+                          np.uint8).reshape(rows, 16)
+      g = global_batch({k: batch[k] for k in PAIR_KEYS}, mesh)
+      a, b = fn(ref_params, g)
+      if jax.process_count() == 1:
+        keys.append(key)
+        values.append(np.stack([_local_rows(a), _local_rows(b)], 1))
+      else:
+        keys.append(multihost_utils.process_allgather(key, tiled=True))
+        values.append(np.stack(multihost_utils.process_allgather((a, b), tiled=True), 1))
+  keys, values = np.concatenate(keys), np.concatenate(values).astype(np.float32)
+  return {k.tobytes(): v for k, v in zip(keys, values)}
+
+
+class WithReference:
+  """Wraps a pair iterator, attaching cached ref_logp_a/_b (its state is the inner one's)."""
+
+  def __init__(self, inner, cache: dict):
+    self.inner, self.cache = inner, cache
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self.inner)
+    try:
+      v = np.stack([self.cache[pair_key(batch, i)] for i in range(len(batch["tokens_a"]))])
+    except KeyError:
+      raise KeyError("a training pair is missing from the precomputed reference cache") from None
+    return {**batch, "ref_logp_a": v[:, 0], "ref_logp_b": v[:, 1]}
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state) -> None:
+    self.inner.set_state(state)
+
+
+def reference_cache(config, tok, mesh, graphdef, ref_params) -> dict:
+  """The reference's log-probs for every training pair (one ordered pass)."""
+  from rlaif_jax.data.pipeline import make_iterator
+  from rlaif_jax.data.sources import open_source
+  d = config.data.copy_and_resolve_references()
+  with d.unlocked():
+    d.shuffle = False
+  source = open_source(d, "pairs")
+  # Repeat forever and stop after the last example: batches straddle the epoch
+  # boundary, so no remainder is dropped (training sees every example too).
+  it = make_iterator(d, tok, kind="pairs", batch_size=config.train.batch_size, seed=config.seed,
+                     num_epochs=-1, with_text=False, source=source)
+  usable = len(source) - it.report()["responses_too_long"]["count"]
+  per_host = usable // jax.process_count()
+  local_batch = config.train.batch_size // jax.process_count()
+  n_batches = -(-per_host // local_batch)
+  cache = precompute_reference(it, n_batches, graphdef, ref_params, mesh)
+  logging.info("dpo: reference log-probs precomputed for %d pairs (%d batches)",
+               len(cache), n_batches)
+  return cache
+
+
+# ------------------------------------------------------------------ eval
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _eval_sums(graphdef, params, batch, ref, beta, label_smoothing):
+  pi_a, pi_b = pair_logprobs(nnx.merge(graphdef, params), batch)
+  stats = pair_stats(pi_a, pi_b, ref[0], ref[1], batch, beta, label_smoothing)
+  out = {}
+  for k, (v, w) in stats.items():
+    out[k] = jnp.sum(jnp.where(w, v.astype(jnp.float32), 0.0))
+    out[k + "/count"] = jnp.sum(w)
+  return out
+
+
+def evaluate(graphdef, params, batches, refs, beta: float, label_smoothing: float = 0.0) -> dict:
+  """Loss, implicit-reward accuracy (soft-label argmax and human labels), margin and
+  chosen/rejected log-prob drift over held-out `batches` with reference log-probs `refs`."""
+  tot = {}
+  for batch, ref in zip(batches, refs):
+    for k, v in _eval_sums(graphdef, params, batch, ref, beta, label_smoothing).items():
+      tot[k] = tot.get(k, 0.0) + float(v)
+  return {k: tot[k] / tot[k + "/count"] for k in tot
+          if not k.endswith("/count") and tot[k + "/count"] > 0}
+
+
+# ------------------------------------------------------------------ stage
+
+def validate(config) -> None:
+  d = config.dpo
+  if not d.beta > 0 or not math.isfinite(d.beta):
+    raise ConfigError(f"dpo.beta={d.beta} must be a positive number (0.1 is the usual value)")
+  if not 0.0 <= d.label_smoothing < 0.5:
+    raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} must be in [0, 0.5)")
+
+
+def run(config, workdir: str, mesh) -> dict:
+  validate(config)
+  common.prepare_data(config, workdir, kind="pairs")
+  tok = common.tokenizer(config)
+  model = common.policy_model(config, mesh, tok)    # the SFT policy (or scratch for toy)
+  trainer = DPOTrainer(config, workdir, mesh, model)
+  held_out = common.eval_batches(config, tok, "pairs", mesh)
+  ref_fn = jax.jit(functools.partial(reference_logprobs, trainer.graphdef))
+  with jax.set_mesh(mesh):
+    held_out_refs = [ref_fn(trainer.reference, b) for b in held_out]
+  beta, eps = config.dpo.beta, config.dpo.label_smoothing
+
+  def eval_fn():
+    with jax.set_mesh(mesh):
+      return (evaluate(trainer.graphdef, trainer.state["params"], held_out, held_out_refs,
+                       beta, eps) if held_out else {})
+
+  data = common.data_iterator(config, tok, "pairs")
+  if config.dpo.precompute_reference:
+    data = WithReference(data, reference_cache(config, tok, mesh, trainer.graphdef,
+                                               trainer.reference))
+    trainer.reference = None      # no longer needed on device
+  result = trainer.fit(data, eval_fn,
+                       tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])))
+  store.save(trainer.model(), os.path.join(workdir, "model"))
+  return result
