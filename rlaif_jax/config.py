@@ -136,10 +136,12 @@ def load_config_file(spec: str):
 
 
 def _all_keys(cfg, prefix=""):
+  """Dotted paths of the overridable (leaf) fields."""
   for k, v in cfg.items():
-    yield prefix + k
     if isinstance(v, ml_collections.ConfigDict):
       yield from _all_keys(v, prefix + k + ".")
+    else:
+      yield prefix + k
 
 
 def unknown_override_message(config, argv) -> str | None:
