@@ -1,0 +1,93 @@
+"""Labeler defaults, mounted by configs/label.py as `config.labeler`, and building
+a `Labeler` from them.
+
+The labeler is a separate inference component: its own model (any family and
+size), tokenizer and mesh (`mesh.devices` = how many of the devices it uses, a
+sub-mesh; 0 = all). Policy and labeler only exchange text.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from rlaif_jax.models.config import ModelConfig
+
+
+def labeler_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict()
+  c.model.checkpoint = ""        # HF directory; "" = a from-scratch model (model.arch, toys only)
+  c.model.tokenizer = "byte"
+  c.model.dtype = "float32"
+  c.model.arch = ml_collections.ConfigDict(
+      {f.name: f.default for f in dataclasses.fields(ModelConfig)
+       if f.name not in ("rope_scaling", "dtype", "bos_token_id", "eos_token_id", "pad_token_id")})
+  c.model.arch.vocab_size = 0    # 0 = the tokenizer's size rounded up to a multiple of 64
+  c.mesh = ml_collections.ConfigDict(dict(devices=0, data=-1, fsdp=1, tensor=1))
+
+  c.task = "summarization"       # summarization | helpful | harmless
+  c.preamble = "detailed"        # summarization: base | detailed; dialogue: base
+  # Own templates: any non-empty field replaces the built-in one (see labeler/prompts.py).
+  c.template = ml_collections.ConfigDict(dict(preamble="", sample="", ending="", cot_ending="",
+                                              invert=-1, options=("1", "2")))
+  # invert: 1 = the question asks for the WORSE response (flip), 0 = no, -1 = the built-in's
+  c.direct_template = ml_collections.ConfigDict(dict(preamble="", sample="", ending=""))
+  c.exemplars_path = ""          # JSONL few-shot exemplars ("" = 0-shot)
+  c.num_shots = -1               # first n exemplars of the file; -1 = all
+
+  c.cot = False                  # two-step chain of thought
+  c.cot_max_tokens = 512
+  c.self_consistency = 1         # rationales per order (> 1: sampled at cot_temperature)
+  c.cot_temperature = 0.0
+  c.cot_top_k = 40
+
+  c.batch_size = 8               # pairs per compiled program (rounded up to data*fsdp)
+  c.bucket = 64                  # token lengths round up to a multiple of this
+  c.prefix_cache = True          # encode the preamble + exemplars once (same results)
+  c.max_context_tokens = 1024    # longer contexts lose body text; 0 = no limit
+  c.shard_size = 256             # pairs per output shard (the unit of resumption)
+  c.max_pairs = 0                # label only the first n pairs; 0 = all
+  return c
+
+
+def build_labeler(lcfg, seed: int = 0, devices=None):
+  """(Labeler, mesh) from a `labeler_config()`-shaped ConfigDict."""
+  from rlaif_jax.labeler.prompts import load_exemplars
+  from rlaif_jax.labeler.scorer import CotConfig, Labeler
+  from rlaif_jax.mesh import make_mesh
+  from rlaif_jax.models.tokenizer import load_tokenizer
+
+  devices = list(devices if devices is not None else jax.devices())
+  if lcfg.mesh.devices:
+    devices = devices[:lcfg.mesh.devices]
+  mesh = make_mesh(lcfg.mesh, devices)
+  tok = load_tokenizer(lcfg.model.tokenizer)
+  model = _model(lcfg, tok, mesh, seed)
+  template = lcfg.template.to_dict()
+  invert = template.pop("invert")
+  if invert >= 0:                # -1 keeps the built-in choice (harmless asks for the worse)
+    template["invert"] = bool(invert)
+  if lcfg.task in ("helpful", "harmless") and lcfg.preamble == "detailed":
+    raise ValueError("labeler.preamble='detailed' exists for summarization; dialogue uses 'base'")
+  exemplars = load_exemplars(lcfg.exemplars_path, lcfg.num_shots) if lcfg.exemplars_path else ()
+  cot = None
+  if lcfg.cot:
+    temp = lcfg.cot_temperature
+    if lcfg.self_consistency > 1 and temp == 0:
+      raise ValueError("labeler.self_consistency > 1 needs labeler.cot_temperature > 0")
+    cot = CotConfig(max_tokens=lcfg.cot_max_tokens, samples=lcfg.self_consistency,
+                    temperature=temp, top_k=lcfg.cot_top_k)
+  labeler = Labeler(model, tok, mesh, task=lcfg.task, preamble=lcfg.preamble, template=template,
+                    direct_template=lcfg.direct_template.to_dict(), exemplars=exemplars, cot=cot,
+                    batch_size=lcfg.batch_size, bucket=lcfg.bucket,
+                    prefix_cache=lcfg.prefix_cache, max_context_tokens=lcfg.max_context_tokens,
+                    seed=seed)
+  return labeler, mesh
+
+
+def _model(lcfg, tok, mesh, seed):
+  from rlaif_jax.learners.common import policy_model
+  shim = ml_collections.ConfigDict({"model": lcfg.model.to_dict(), "seed": seed})
+  return policy_model(shim, mesh, tok)

@@ -1,0 +1,208 @@
+"""Scoring continuations after a shared prefix, with the prefix's KV cache reused.
+
+Every labeler query has the shape
+
+    prefix  (same for all rows: preamble + exemplars)     encoded once, cached
+    context c_b (one per row: e.g. "Text - {post}\\n")     encoded once per row
+    tails   t_bg, g = 1..G (e.g. the two orders of a pair) encoded per tail
+
+and asks, for each tail, log-probabilities of the model p:
+
+    ctx_query[b, q]   = log p(query_q | prefix, c_b)
+    tail_query[b,g,q] = log p(query_q | prefix, c_b, t_bg)
+    tail_logp[b, g]   = Σ_k log p(t_bg,k | prefix, c_b, t_bg,<k)     (teacher forcing)
+
+Cached path (one jitted program per shape): the prefix cache (batch 1) is
+broadcast to B rows, the contexts run at slot Lp with positions Lp + i, the
+cache rows are repeated G times and the tails run after them. Contexts are
+left-padded and tails right-padded; pads stay invalid in the cache, so they
+are invisible to every later token, and positions count real tokens only –
+each row sees exactly the positions and keys of its unpadded sequence.
+Uncached path (`prefix_cache=False`, the reference): one forward pass over each
+whole prefix + context + tail sequence, no cache at all.
+
+Rows are sorted by length and lengths are rounded up to `bucket` so that few
+programs compile and little compute goes to padding.
+"""
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlaif_jax.mesh import data_parallel_size, logical_sharding
+from rlaif_jax.models.transformer import positions_from_mask
+from rlaif_jax.sampling import _host, put_rows
+
+
+def _round(n: int, bucket: int) -> int:
+  return max(bucket, -(-n // bucket) * bucket)
+
+
+def _gather(logp, ids):
+  return jnp.take_along_axis(logp, ids, axis=-1)
+
+
+def _cached(graphdef, g, params, prefix, ctx, ctx_mask, tail, tail_mask, query):
+  model = nnx.merge(graphdef, params)
+  b, c = ctx.shape
+  lp = prefix["valid"].shape[1]
+  t = tail.shape[1]
+
+  def widen(x):  # (1, Lp, ...) -> (b, Lp + c + t, ...) with the prefix in front
+    x = jnp.broadcast_to(x, (b,) + x.shape[1:])
+    pad = [(0, 0), (0, c + t)] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, pad)
+  cache = jax.tree.map(widen, prefix)
+  n_ctx = jnp.sum(ctx_mask, -1)
+  logits, cache = model(ctx, ctx_mask, lp + positions_from_mask(ctx_mask), cache, lp)
+  ctx_lp = jax.nn.log_softmax(logits[:, -1])
+  out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (b, query.shape[0])))}
+  if g == 0:
+    return out
+  cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+  pos = (lp + jnp.repeat(n_ctx, g))[:, None] + positions_from_mask(tail_mask)
+  logits, _ = model(tail, tail_mask, pos, cache, lp + c)
+  return out | _tail_outputs(jnp.repeat(ctx_lp, g, axis=0), jax.nn.log_softmax(logits),
+                             tail, tail_mask, query, g)
+
+
+def _tail_outputs(first_lp, tail_lp, tail, tail_mask, query, g):
+  """tail_lp[:, k] predicts tail[:, k + 1]; first_lp (after the context) predicts tail[:, 0]."""
+  rows = tail.shape[0]
+  prev = jnp.concatenate([first_lp[:, None], tail_lp[:, :-1]], axis=1)
+  tok_lp = _gather(prev, tail[..., None])[..., 0]
+  tail_logp = jnp.sum(jnp.where(tail_mask, tok_lp, 0.0), -1)
+  last = jnp.max(jnp.where(tail_mask, jnp.arange(tail.shape[1]), 0), -1)
+  at_last = tail_lp[jnp.arange(rows), last]
+  tail_query = _gather(at_last, jnp.broadcast_to(query, (rows, query.shape[0])))
+  return {"tail_logp": tail_logp.reshape(-1, g),
+          "tail_query": tail_query.reshape(-1, g, query.shape[0])}
+
+
+def _uncached(graphdef, g, params, tokens, mask, ctx_end, query):
+  """Whole sequences (rows b*G + g, right-padded); ctx_end = index of the last context token."""
+  model = nnx.merge(graphdef, params)
+  logits, _ = model(tokens, mask)
+  lp = jax.nn.log_softmax(logits)
+  rows = tokens.shape[0]
+  ctx_lp = lp[jnp.arange(rows), ctx_end]
+  out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (rows, query.shape[0])))[::max(g, 1)]}
+  if g == 0:
+    return out
+  # re-index the tail region so the shared helper reads it: tail k at ctx_end + 1 + k
+  t = tokens.shape[1]
+  idx = jnp.minimum(ctx_end[:, None] + 1 + jnp.arange(t)[None], t - 1)
+  tail = jnp.take_along_axis(tokens, idx, 1)
+  tail_mask = jnp.take_along_axis(mask, idx, 1) & (ctx_end[:, None] + 1 + jnp.arange(t) < t)
+  tail_lp = jnp.take_along_axis(lp, idx[..., None], 1)
+  return out | _tail_outputs(ctx_lp, tail_lp, tail, tail_mask, query, g)
+
+
+class ScoringEngine:
+  """A model, its mesh and named shared prefixes, answering batched scoring queries."""
+
+  def __init__(self, model, mesh, *, pad_id: int, batch_size: int = 8, bucket: int = 32,
+               prefix_cache: bool = True):
+    self.graphdef, state = nnx.split(model)
+    self.params = nnx.to_pure_dict(state)
+    self.cfg, self.mesh, self.pad_id = model.cfg, mesh, int(pad_id)
+    dp = data_parallel_size(mesh)
+    self.batch_size = -(-batch_size // dp) * dp     # rows a program takes, a multiple of dp
+    self.bucket, self.prefix_cache = bucket, prefix_cache
+    self._prefixes: dict[str, tuple[list[int], dict | None]] = {}
+    self._cached = jax.jit(_cached, static_argnums=(0, 1))
+    self._uncached = jax.jit(_uncached, static_argnums=(0, 1))
+    self._prefill = jax.jit(self._prefill_fn, static_argnums=(0,))
+
+  @staticmethod
+  def _prefill_fn(graphdef, params, ids):
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(1, ids.shape[1])
+    mask = jnp.ones(ids.shape, bool)
+    return model(ids, mask, positions_from_mask(mask), cache, 0)[1]
+
+  def set_prefix(self, name: str, ids: list[int]) -> None:
+    """Registers (and with prefix caching, prefills once) a shared prefix."""
+    if not ids:
+      raise ValueError("a prefix needs at least one token (e.g. BOS)")
+    kv = None
+    if self.prefix_cache:
+      with jax.set_mesh(self.mesh):
+        kv = self._prefill(self.graphdef, self.params, jnp.asarray([ids], jnp.int32))
+        c = self.cfg
+        kv_sh = logical_sharding((None, "length", "kv_heads", "head_dim"), self.mesh,
+                                 (1, len(ids), c.n_kv_heads, c.head_dim))
+        kv = {"k": [jax.device_put(x, kv_sh) for x in kv["k"]],
+              "v": [jax.device_put(x, kv_sh) for x in kv["v"]], "valid": kv["valid"]}
+    self._prefixes[name] = (list(ids), kv)
+
+  def prefix_len(self, name: str) -> int:
+    return len(self._prefixes[name][0])
+
+  def score(self, name: str, contexts: list[list[int]], tails: list[list[list[int]]],
+            query: list[int]) -> dict[str, np.ndarray]:
+    """ctx_query [R,Q], tail_query [R,G,Q], tail_logp [R,G] for R rows with G tails each."""
+    g = len(tails[0]) if tails else 0
+    if any(len(t) != g for t in tails) or (g and len(tails) != len(contexts)):
+      raise ValueError("every row needs the same number of tails")
+    if any(len(t) == 0 for row in tails for t in row):
+      raise ValueError("a tail needs at least one token")
+    rows = len(contexts)
+    total = [len(contexts[r]) + sum(len(t) for t in (tails[r] if g else [])) for r in range(rows)]
+    order = np.argsort(total, kind="stable")
+    parts = []
+    for s in range(0, rows, self.batch_size):
+      idx = order[s:s + self.batch_size]
+      ctx = [contexts[i] for i in idx]
+      tl = [tails[i] for i in idx] if g else []
+      parts.append((idx, self._batch(name, ctx, tl, g, query)))
+    out = {k: np.zeros((rows,) + v.shape[1:], v.dtype) for k, v in parts[0][1].items()}
+    for idx, res in parts:
+      for k, v in res.items():
+        out[k][idx] = v[:len(idx)]
+    return out
+
+  def _batch(self, name, ctx, tails, g, query):
+    prefix_ids, kv = self._prefixes[name]
+    b = self.batch_size
+    n = len(ctx)
+    ctx = ctx + [[self.pad_id]] * (b - n)           # filler rows, dropped afterwards
+    tails = tails + [[[self.pad_id]] * g] * (b - n) if g else []
+    q = jnp.asarray(query, jnp.int32)
+    if self.prefix_cache:
+      c = _round(max(len(x) for x in ctx), self.bucket)
+      ctx_tok = np.full((b, c), self.pad_id, np.int32)
+      ctx_mask = np.zeros((b, c), bool)
+      for i, x in enumerate(ctx):
+        ctx_tok[i, c - len(x):], ctx_mask[i, c - len(x):] = x, True
+      flat = [t for row in tails for t in row] if g else [[self.pad_id]] * b  # g=0: unused
+      t = _round(max(map(len, flat)), self.bucket) if g else 1
+      tail_tok = np.full((len(flat), t), self.pad_id, np.int32)
+      tail_mask = np.zeros(tail_tok.shape, bool)
+      for i, x in enumerate(flat if g else []):
+        tail_tok[i, :len(x)], tail_mask[i, :len(x)] = x, True
+      with jax.set_mesh(self.mesh):
+        res = self._cached(self.graphdef, g, self.params, kv, put_rows(ctx_tok, self.mesh),
+                           put_rows(ctx_mask, self.mesh), put_rows(tail_tok, self.mesh),
+                           put_rows(tail_mask, self.mesh), q)
+    else:
+      seqs, ends = [], []
+      for r in range(b):
+        head = prefix_ids + ctx[r]
+        for tl in (tails[r] if g else [[]]):
+          seqs.append(head + tl)
+          ends.append(len(head) - 1)
+      width = _round(max(map(len, seqs)), self.bucket)
+      tok = np.full((len(seqs), width), self.pad_id, np.int32)
+      mask = np.zeros(tok.shape, bool)
+      for i, x in enumerate(seqs):
+        tok[i, :len(x)], mask[i, :len(x)] = x, True
+      with jax.set_mesh(self.mesh):
+        res = self._uncached(self.graphdef, g, self.params, put_rows(tok, self.mesh),
+                             put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32),
+                                                                 self.mesh), q)
+    return {k: _host(v) for k, v in res.items()}
+

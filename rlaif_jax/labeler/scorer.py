@@ -1,0 +1,208 @@
+"""The labeler: an inference component with its own model, tokenizer and mesh.
+
+Pairwise labels. For a pair (a, b) the prompt is built twice, with a first
+(order ab) and with b first (order ba), and both go through the model in the
+same batch. With ℓ_o(k) the log-probability of option token k after the
+ending in order o, each order gives a 2-way distribution
+
+    q_o = softmax(ℓ_o(1), ℓ_o(2))          over positions (first, second)
+
+(flipped, q_o ← (q_o2, q_o1), when the question asks for the worse response).
+Mapped back to the responses, p_ab = q_ab and p_ba = (q_ba2, q_ba1), both as
+(P(a preferred), P(b preferred)), and the soft label is their mean
+
+    P(a ≻ b) = (p_ab[0] + p_ba[0]) / 2.
+
+`same_position_won` is True when the same position (not the same response)
+won in both orders, i.e. the labeler followed the slot, not the content.
+
+Chain of thought: step 1 replaces the ending with `cot_ending` ("... explain
+which is better. Rationale:") and decodes a rationale with the jitted sampler
+(greedy, or k samples for self-consistency); step 2 scores the prompt with the
+rationale and the original ending appended. With k rationales per order the
+k distributions q_o are averaged before the orders are.
+
+Direct score (direct RLAIF). For one response, with S = {"1", ..., "10"} and
+each string s teacher-forced as a whole (so a two-token "10" is
+p("1")·p("0" | "1")),
+
+    P(s) = p(s) / Σ_{s'∈S} p(s'),   s̄ = Σ_s value(s)·P(s),   r = (s̄ − 5.5) / 4.5 ∈ [−1, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rlaif_jax.data.formats import HH_CUE, TLDR_CUE, Prompt
+from rlaif_jax.labeler import prompts as P
+from rlaif_jax.labeler.engine import ScoringEngine
+from rlaif_jax.labeler.tokens import option_ids, score_string_ids
+from rlaif_jax.sampling import Sampler, SamplingConfig, encode_continuation
+
+
+def _softmax(x, axis=-1):
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max(axis, keepdims=True))
+  return e / e.sum(axis, keepdims=True)
+
+
+@dataclasses.dataclass
+class CotConfig:
+  max_tokens: int = 512
+  samples: int = 1               # > 1: self-consistency
+  temperature: float = 0.0       # 0 = greedy (the paper's best)
+  top_k: int = 40
+
+
+class Labeler:
+  def __init__(self, model, tokenizer, mesh, *, task: str = "summarization",
+               preamble: str = "base", template: dict | None = None,
+               direct_template: dict | None = None, exemplars=(), cot: CotConfig | None = None,
+               batch_size: int = 8, bucket: int = 32, prefix_cache: bool = True,
+               max_context_tokens: int = 0, seed: int = 0):
+    self.tok, self.mesh, self.seed = tokenizer, mesh, seed
+    self.template = P.pairwise_template(task, preamble, template)
+    self.direct = P.direct_template(task, direct_template)
+    self.cot = cot
+    self.max_context_tokens = max_context_tokens
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    self.engine = ScoringEngine(model, mesh, pad_id=pad, batch_size=batch_size, bucket=bucket,
+                                prefix_cache=prefix_cache)
+    self.bucket = bucket
+    self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    self.enc = lambda text: encode_continuation(tokenizer, text)
+    self.options = option_ids(tokenizer, self.template.ending, self.template.options)
+    self.score_ids = score_string_ids(tokenizer, self.direct.ending, self.direct.scores)
+    self.prefix_ids = self.bos + list(tokenizer(
+        P.prefix_text(self.template.preamble, exemplars, self.template),
+        add_special_tokens=False)["input_ids"])
+    self.engine.set_prefix("pair", self.prefix_ids)
+    self.engine.set_prefix("direct", self.bos + list(tokenizer(
+        P.prefix_text(self.direct.preamble), add_special_tokens=False)["input_ids"]))
+    self.sampler = None
+    if cot is not None:
+      if not self.template.cot_ending:
+        raise ValueError("chain of thought needs a template with a cot_ending")
+      eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
+      self.sampler = Sampler(model, mesh, eos_id=eos, pad_id=pad, tokenizer=tokenizer)
+
+  # --------------------------------------------------------------- contexts
+  def _context(self, prompt) -> str:
+    """The prompt as the labeler shows it, its body shortened to max_context_tokens."""
+    if not isinstance(prompt, Prompt):
+      text = str(prompt)
+      for cue in (TLDR_CUE, HH_CUE):   # a policy prompt's cue is no part of the context
+        if text.rstrip().endswith(cue.strip()):
+          text = text.rstrip()[:-len(cue.strip())]
+      prompt = Prompt(body=text.strip(), cut="left")
+    text = P.context_of(prompt)
+    if not self.max_context_tokens or len(self.enc(text)) <= self.max_context_tokens:
+      return text
+    lo, hi = 0, len(prompt.body)
+    while lo < hi:        # the longest body that fits
+      mid = (lo + hi + 1) // 2
+      if len(self.enc(P.context_of(prompt.with_body_chars(mid)))) <= self.max_context_tokens:
+        lo = mid
+      else:
+        hi = mid - 1
+    return P.context_of(prompt.with_body_chars(lo))
+
+  # --------------------------------------------------------------- pairwise
+  def label_pairs(self, prompts, responses_a, responses_b) -> list[dict]:
+    """One dict per pair: p_ab, p_ba (each (P(a), P(b))), soft_label = P(a ≻ b),
+    same_position_won, and with CoT the rationales of both orders."""
+    t = self.template
+    ctx_ids, rests = [], []
+    for prompt, a, b in zip(prompts, responses_a, responses_b):
+      context = self._context(prompt)
+      head, rest_ab = P.split_sample(t.sample, context, a.strip(), b.strip())
+      _, rest_ba = P.split_sample(t.sample, context, b.strip(), a.strip())
+      ctx_ids.append(self.enc(head) if head else [])
+      rests.append((rest_ab, rest_ba))
+    k = self.cot.samples if self.cot else 1
+    rationales = None
+    if self.cot:
+      rationales = self._rationales(ctx_ids, rests)          # [pair][order][sample]
+      tails = [[self.enc(f"{rest}{t.cot_ending} {r}\n{t.ending}")
+                for o, rest in enumerate(rs) for r in rationales[i][o]]
+               for i, rs in enumerate(rests)]
+    else:
+      tails = [[self.enc(rest + t.ending) for rest in rs] for rs in rests]
+    out = self.engine.score("pair", ctx_ids, tails, self.options)
+    q = _softmax(out["tail_query"]).reshape(len(ctx_ids), 2, k, 2).mean(2)  # [pair, order, pos]
+    if t.invert:
+      q = q[..., ::-1]                    # P(position is more harmful) -> P(position preferred)
+    p_ab, p_ba = q[:, 0], q[:, 1, ::-1]
+    soft = (p_ab[:, 0] + p_ba[:, 0]) / 2
+    same = np.argmax(q[:, 0], -1) == np.argmax(q[:, 1], -1)
+    labels = []
+    for i in range(len(ctx_ids)):
+      row = {"p_ab": p_ab[i].tolist(), "p_ba": p_ba[i].tolist(), "soft_label": float(soft[i]),
+             "same_position_won": bool(same[i])}
+      if rationales is not None:
+        row["rationale_ab"], row["rationale_ba"] = (
+            r[0] if k == 1 else r for r in rationales[i])
+      labels.append(row)
+    return labels
+
+  def _rationales(self, ctx_ids, rests) -> list:
+    """Step 1 of CoT: k rationales per (pair, order), decoded by the jitted sampler."""
+    t, c = self.template, self.cot
+    rows = []
+    for i, rs in enumerate(rests):
+      for rest in rs:
+        rows.append(self.prefix_ids + ctx_ids[i] + self.enc(rest + t.cot_ending))
+    rows = [r for r in rows for _ in range(c.samples)]
+    cfg = SamplingConfig(max_new_tokens=c.max_tokens, temperature=c.temperature, top_k=c.top_k)
+    stop = (t.ending.strip(),)
+    texts = [""] * len(rows)
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    size = self.engine.batch_size
+    for s in range(0, len(rows), size):
+      idx = order[s:s + size]
+      width = -(-max(len(rows[j]) for j in idx) // self.bucket) * self.bucket
+      tok = np.full((len(idx), width), self.engine.pad_id, np.int32)
+      mask = np.zeros(tok.shape, bool)
+      for n, j in enumerate(idx):
+        tok[n, width - len(rows[j]):], mask[n, width - len(rows[j]):] = rows[j], True
+      if len(idx) < size:      # keep the compiled batch shape
+        tok = np.concatenate([tok, np.repeat(tok[-1:], size - len(idx), 0)])
+        mask = np.concatenate([mask, np.repeat(mask[-1:], size - len(idx), 0)])
+      out = self.sampler(tok, mask, cfg, seed=self.seed + s, stop_strings=stop)
+      for n, text in enumerate(self.sampler.decode(out)[:len(idx)]):
+        texts[idx[n]] = text.split(stop[0])[0].strip()
+    k = c.samples
+    return [[texts[(2 * i + o) * k:(2 * i + o + 1) * k] for o in range(2)]
+            for i in range(len(rests))]
+
+  # --------------------------------------------------------------- direct
+  def direct_distribution(self, prompts, responses) -> np.ndarray:
+    """P(s) over the score strings, one row per response [R, len(scores)]."""
+    d = self.direct
+    ctx = [self.enc(d.sample.format(context=self._context(p), response=r.strip()) + d.ending)
+           for p, r in zip(prompts, responses)]
+    heads = sorted({tuple(s[:-1]) for s in self.score_ids if len(s) > 1})
+    query = sorted({s[0] for s in self.score_ids} | {s[-1] for s in self.score_ids})
+    col = {tok: i for i, tok in enumerate(query)}
+    out = self.engine.score("direct", ctx, [[list(h) for h in heads]] * len(ctx) if heads else [],
+                            query)
+    logp = np.zeros((len(ctx), len(self.score_ids)))
+    for j, s in enumerate(self.score_ids):
+      if len(s) == 1:
+        logp[:, j] = out["ctx_query"][:, col[s[0]]]
+      else:
+        g = heads.index(tuple(s[:-1]))
+        logp[:, j] = out["tail_logp"][:, g] + out["tail_query"][:, g, col[s[-1]]]
+    return _softmax(logp)
+
+  def score_direct(self, prompts, responses) -> np.ndarray:
+    """Expected score mapped linearly onto [-1, 1] (float32 [R])."""
+    values = np.array([float(s) for s in self.direct.scores])
+    lo, hi = values.min(), values.max()
+    mean = self.direct_distribution(prompts, responses) @ values
+    return ((mean - (lo + hi) / 2) / ((hi - lo) / 2)).astype(np.float32)
+
+  def reward_fn(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+    """Direct-RLAIF reward over text, for the RL learner: one float in [-1, 1] each."""
+    return self.score_direct(list(prompts), list(responses))
