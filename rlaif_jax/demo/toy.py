@@ -61,7 +61,9 @@ def pairs(n: int, seed: int, soft: float = 1.0) -> list[dict]:
 def _write_jsonl(path: str, rows: list[dict]) -> None:
   if os.path.exists(path):
     return
-  tmp = path + ".tmp"
+  # Every process writes the same bytes; a private temp name + atomic rename
+  # makes concurrent writers on a shared workdir safe.
+  tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")
