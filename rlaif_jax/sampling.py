@@ -162,6 +162,10 @@ def encode_continuation(tokenizer, text: str, anchor: str = "\n") -> list[int]:
   return both[len(head):]
 
 
+# Module level: samplers over same-shaped models share compiled programs.
+_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
+
+
 def _host(x) -> np.ndarray:
   if jax.process_count() > 1 and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
@@ -190,7 +194,6 @@ class Sampler:
     self.cfg = model.cfg
     self.mesh, self.eos_id, self.pad_id, self.tokenizer = mesh, int(eos_id), int(pad_id), tokenizer
     self._caches: dict = {}
-    self._fn = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
 
   def _cache(self, b: int, slots: int) -> dict:
     """A sharded zero cache for this shape, or the one the last call donated back."""
@@ -227,7 +230,7 @@ class Sampler:
     with jax.set_mesh(self.mesh):
       cache = self._cache(b, p + cfg.max_new_tokens - 1)
       key = jax.device_put(jax.random.key(seed), NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
-      (out, logp, length, ended), cache = self._fn(
+      (out, logp, length, ended), cache = _generate_jit(
           self.graphdef, cfg, stop_ids, self.eos_id, self.pad_id,
           self.params if params is None else params, cache,
           put_rows(tokens, self.mesh), put_rows(mask, self.mesh), key)

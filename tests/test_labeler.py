@@ -35,29 +35,38 @@ def model(mesh8):
   return init_sharded(lambda r: Transformer(CFG, r), mesh8, seed=7)
 
 
-def forced_model(mesh, token_id: int, cfg=CFG, strength: float = 30.0):
-  """A model whose next token is `token_id` with probability ~1 after any input:
-  attention and MLP add nothing, every embedding is the all-ones vector (so the
-  final norm gives all ones), and only `token_id`'s output column is non-zero."""
-  m = init_sharded(lambda r: Transformer(cfg, r), mesh, seed=0)
+def forced_model(model, token_id: int, strength: float = 30.0):
+  """A copy of `model` whose next token is `token_id` with probability ~1 after
+  any input: attention and MLP add nothing, every embedding is the all-ones
+  vector (so the final norm gives all ones), and only `token_id`'s output
+  column is non-zero. Shardings are kept, so compiled programs are reused."""
+  m = nnx.clone(model)
+
+  def put(var, value):
+    var[...] = jax.device_put(value, var[...].sharding)
   for layer in m.layers:
-    layer.attn.o[...] = jnp.zeros_like(layer.attn.o[...])
-    layer.mlp.down[...] = jnp.zeros_like(layer.mlp.down[...])
-  m.embed[...] = jnp.ones_like(m.embed[...])
-  m.lm_head[...] = jnp.zeros_like(m.lm_head[...]).at[:, token_id].set(strength / cfg.d_model)
+    put(layer.attn.o, jnp.zeros_like(layer.attn.o[...]))
+    put(layer.mlp.down, jnp.zeros_like(layer.mlp.down[...]))
+  put(m.embed, jnp.ones_like(m.embed[...]))
+  put(m.lm_head, jnp.zeros_like(m.lm_head[...]).at[:, token_id].set(strength / m.cfg.d_model))
   return m
+
+
+@nnx.jit
+def _forward(model, ids, mask):
+  return model(ids, mask)[0]
 
 
 def full_logprobs(model, mesh, tok, texts):
   """log softmax of one no-cache forward pass over BOS + the jointly tokenized text."""
   seqs = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-  width = max(map(len, seqs))
+  width = -(-max(map(len, seqs)) // 128) * 128     # few shapes, few compiles
   ids = np.zeros((len(seqs), width), np.int32)
   mask = np.zeros(ids.shape, bool)
   for i, s in enumerate(seqs):
     ids[i, :len(s)], mask[i, :len(s)] = s, True
   with jax.set_mesh(mesh):
-    logits = np.asarray(nnx.jit(lambda m, t, k: m(t, k)[0])(model, ids, mask), np.float64)
+    logits = np.asarray(_forward(model, ids, mask), np.float64)
   lp = logits - logits.max(-1, keepdims=True)
   lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
   return [(lp[i, :len(s)], s) for i, s in enumerate(seqs)]
@@ -106,8 +115,8 @@ def test_two_order_soft_label_equals_hand_computation(tokenizer, mesh8, model, s
 
 
 @pytest.mark.parametrize("answer", ["1", "2"])
-def test_fully_position_biased_labeler_gives_one_half(answer, mesh8, byte_tok):
-  m = forced_model(mesh8, byte_tok.convert_tokens_to_ids(answer))
+def test_fully_position_biased_labeler_gives_one_half(answer, mesh8, model, byte_tok):
+  m = forced_model(model, byte_tok.convert_tokens_to_ids(answer))
   for task in ("summarization", "harmless"):
     lab = Labeler(m, byte_tok, mesh8, task=task, preamble="base", batch_size=2)
     for row in lab.label_pairs(CONTEXTS, A, B):
@@ -155,11 +164,12 @@ def test_direct_score_equals_closed_form(mesh8, model, byte_tok):
   got = lab.score_direct(CONTEXTS, A)
   # independent: teacher-force every whole score string in a full forward pass
   scores = [str(i) for i in range(1, 11)]
-  for r, (c, a) in enumerate(zip(CONTEXTS, A)):
-    base = P.prefix_text(d.preamble) + d.sample.format(context=c, response=a) + d.ending
+  texts = [P.prefix_text(d.preamble) + d.sample.format(context=c, response=a) + d.ending + s
+           for c, a in zip(CONTEXTS, A) for s in scores]
+  forward = full_logprobs(model, mesh8, byte_tok, texts)
+  for r in range(len(CONTEXTS)):
     logp = []
-    for (lp, ids), s in zip(full_logprobs(model, mesh8, byte_tok, [base + s for s in scores]),
-                            scores):
+    for (lp, ids), s in zip(forward[10 * r:10 * r + 10], scores):
       k = len(byte_tok(s, add_special_tokens=False)["input_ids"])      # "10" is two bytes
       logp.append(sum(lp[len(ids) - k - 1 + j, ids[len(ids) - k + j]] for j in range(k)))
     p = np.exp(np.array(logp) - max(logp))
@@ -168,12 +178,12 @@ def test_direct_score_equals_closed_form(mesh8, model, byte_tok):
   np.testing.assert_allclose(lab.reward_fn(CONTEXTS, A), got)
 
 
-def test_direct_score_of_a_model_that_always_says_seven(mesh8, byte_tok):
-  lab = Labeler(forced_model(mesh8, byte_tok.convert_tokens_to_ids("7")), byte_tok, mesh8,
+def test_direct_score_of_a_model_that_always_says_seven(mesh8, model, byte_tok):
+  lab = Labeler(forced_model(model, byte_tok.convert_tokens_to_ids("7")), byte_tok, mesh8,
                 batch_size=2)
   np.testing.assert_allclose(lab.score_direct(CONTEXTS, A), (7 - 5.5) / 4.5, atol=1e-5)
   # all mass on "1" then "1" again: "10" = p("1")·p("0"|"1") ≈ 0, so the score is 1
-  lab = Labeler(forced_model(mesh8, byte_tok.convert_tokens_to_ids("1")), byte_tok, mesh8,
+  lab = Labeler(forced_model(model, byte_tok.convert_tokens_to_ids("1")), byte_tok, mesh8,
                 batch_size=2)
   np.testing.assert_allclose(lab.score_direct(CONTEXTS, A), -1.0, atol=1e-5)
 

@@ -26,15 +26,20 @@ def setup():
   return mesh, model, tokens, mask
 
 
+@nnx.jit
+def _forward(model, ids, mask):
+  return model(ids, mask)[0]
+
+
 def full_logits(model, mesh, seqs: list[list[int]]) -> list[np.ndarray]:
   """Logits of each unpadded sequence (right-padded to one shape), no cache."""
-  width = max(len(s) for s in seqs)
+  width = -(-max(len(s) for s in seqs) // 32) * 32     # one shape: one compile
   toks = np.zeros((len(seqs), width), np.int32)
   mask = np.zeros((len(seqs), width), bool)
   for i, s in enumerate(seqs):
     toks[i, :len(s)], mask[i, :len(s)] = s, True
   with jax.set_mesh(mesh):
-    logits = np.asarray(nnx.jit(lambda m, t, k: m(t, k)[0])(model, toks, mask))
+    logits = np.asarray(_forward(model, toks, mask))
   return [logits[i, :len(s)] for i, s in enumerate(seqs)]
 
 

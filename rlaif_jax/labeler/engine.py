@@ -45,7 +45,9 @@ def _gather(logp, ids):
   return jnp.take_along_axis(logp, ids, axis=-1)
 
 
-def _cached(graphdef, g, params, prefix, ctx, ctx_mask, tail, tail_mask, query):
+def _cached(graphdef, g, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_mask, query):
+  """prefix: KV of the prefix in `lp` slots (a bucket), of which the first
+  `prefix_len` are real; later slots are invalid and only keep shapes few."""
   model = nnx.merge(graphdef, params)
   b, c = ctx.shape
   lp = prefix["valid"].shape[1]
@@ -57,13 +59,13 @@ def _cached(graphdef, g, params, prefix, ctx, ctx_mask, tail, tail_mask, query):
     return jnp.pad(x, pad)
   cache = jax.tree.map(widen, prefix)
   n_ctx = jnp.sum(ctx_mask, -1)
-  logits, cache = model(ctx, ctx_mask, lp + positions_from_mask(ctx_mask), cache, lp)
+  logits, cache = model(ctx, ctx_mask, prefix_len + positions_from_mask(ctx_mask), cache, lp)
   ctx_lp = jax.nn.log_softmax(logits[:, -1])
   out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (b, query.shape[0])))}
   if g == 0:
     return out
   cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
-  pos = (lp + jnp.repeat(n_ctx, g))[:, None] + positions_from_mask(tail_mask)
+  pos = (prefix_len + jnp.repeat(n_ctx, g))[:, None] + positions_from_mask(tail_mask)
   logits, _ = model(tail, tail_mask, pos, cache, lp + c)
   return out | _tail_outputs(jnp.repeat(ctx_lp, g, axis=0), jax.nn.log_softmax(logits),
                              tail, tail_mask, query, g)
@@ -101,6 +103,18 @@ def _uncached(graphdef, g, params, tokens, mask, ctx_end, query):
   return out | _tail_outputs(ctx_lp, tail_lp, tail, tail_mask, query, g)
 
 
+def _prefill(graphdef, params, ids, mask):
+  model = nnx.merge(graphdef, params)
+  cache = model.init_cache(1, ids.shape[1])
+  return model(ids, mask, positions_from_mask(mask), cache, 0)[1]
+
+
+# Module-level jits: engines over same-shaped models share compiled programs.
+_cached = jax.jit(_cached, static_argnums=(0, 1))
+_uncached = jax.jit(_uncached, static_argnums=(0, 1))
+_prefill = jax.jit(_prefill, static_argnums=(0,))
+
+
 class ScoringEngine:
   """A model, its mesh and named shared prefixes, answering batched scoring queries."""
 
@@ -113,16 +127,6 @@ class ScoringEngine:
     self.batch_size = -(-batch_size // dp) * dp     # rows a program takes, a multiple of dp
     self.bucket, self.prefix_cache = bucket, prefix_cache
     self._prefixes: dict[str, tuple[list[int], dict | None]] = {}
-    self._cached = jax.jit(_cached, static_argnums=(0, 1))
-    self._uncached = jax.jit(_uncached, static_argnums=(0, 1))
-    self._prefill = jax.jit(self._prefill_fn, static_argnums=(0,))
-
-  @staticmethod
-  def _prefill_fn(graphdef, params, ids):
-    model = nnx.merge(graphdef, params)
-    cache = model.init_cache(1, ids.shape[1])
-    mask = jnp.ones(ids.shape, bool)
-    return model(ids, mask, positions_from_mask(mask), cache, 0)[1]
 
   def set_prefix(self, name: str, ids: list[int]) -> None:
     """Registers (and with prefix caching, prefills once) a shared prefix."""
@@ -131,10 +135,13 @@ class ScoringEngine:
     kv = None
     if self.prefix_cache:
       with jax.set_mesh(self.mesh):
-        kv = self._prefill(self.graphdef, self.params, jnp.asarray([ids], jnp.int32))
+        width = _round(len(ids), self.bucket)
+        padded = np.full((1, width), self.pad_id, np.int32)
+        padded[0, :len(ids)] = ids
+        kv = _prefill(self.graphdef, self.params, padded, np.arange(width)[None] < len(ids))
         c = self.cfg
         kv_sh = logical_sharding((None, "length", "kv_heads", "head_dim"), self.mesh,
-                                 (1, len(ids), c.n_kv_heads, c.head_dim))
+                                 (1, width, c.n_kv_heads, c.head_dim))
         kv = {"k": [jax.device_put(x, kv_sh) for x in kv["k"]],
               "v": [jax.device_put(x, kv_sh) for x in kv["v"]], "valid": kv["valid"]}
     self._prefixes[name] = (list(ids), kv)
@@ -185,9 +192,10 @@ class ScoringEngine:
       for i, x in enumerate(flat if g else []):
         tail_tok[i, :len(x)], tail_mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
-        res = self._cached(self.graphdef, g, self.params, kv, put_rows(ctx_tok, self.mesh),
-                           put_rows(ctx_mask, self.mesh), put_rows(tail_tok, self.mesh),
-                           put_rows(tail_mask, self.mesh), q)
+        res = _cached(self.graphdef, g, self.params, kv, len(prefix_ids),
+                      put_rows(ctx_tok, self.mesh),
+                      put_rows(ctx_mask, self.mesh), put_rows(tail_tok, self.mesh),
+                      put_rows(tail_mask, self.mesh), q)
     else:
       seqs, ends = [], []
       for r in range(b):
@@ -201,8 +209,8 @@ class ScoringEngine:
       for i, x in enumerate(seqs):
         tok[i, :len(x)], mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
-        res = self._uncached(self.graphdef, g, self.params, put_rows(tok, self.mesh),
-                             put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32),
-                                                                 self.mesh), q)
+        res = _uncached(self.graphdef, g, self.params, put_rows(tok, self.mesh),
+                        put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32), self.mesh),
+                        q)
     return {k: _host(v) for k, v in res.items()}
 
