@@ -135,7 +135,7 @@ def test_policy_equals_reference_loss_log2_and_gradient(mesh):
   with jax.set_mesh(mesh):
     ref_a, ref_b = jax.jit(dpo.reference_logprobs, static_argnums=0)(graphdef, params, batch)
     full = dict(batch, ref_logp_a=ref_a, ref_logp_b=ref_b)
-    loss_fn = dpo.make_loss_fn(beta)
+    loss_fn = dpo.make_loss_fn(graphdef, beta)
 
     def loss(p):
       return loss_fn(nnx.merge(graphdef, p), full)[0]
@@ -157,25 +157,25 @@ def test_one_sgd_step_moves_toward_labeled_response(tmp_path, mesh):
   c = config(optimizer="sgd", lr=0.5, grad_clip=0.0, warmup_steps=0, schedule="constant",
              steps=1)
   model = init_sharded(lambda r: Transformer(CFG, r), mesh, seed=3)
-  tr = dpo.DPOTrainer(c, str(tmp_path), mesh, model)
+  tr = dpo.make_trainer(c, str(tmp_path), mesh, model)
   start = {k: v for k, v in tr.state.items() if k != "params"}
   pair = rows(synthetic_pairs(64, 7), 0, 1)
   batch = {k: np.repeat(v, 8, 0) for k, v in pair.items()}
   logprobs = jax.jit(dpo.reference_logprobs, static_argnums=0)
   for label in (1.0, 0.0):
     with jax.set_mesh(mesh):      # restart from π = π_ref (SGD has no optimizer state)
-      tr.state = {**jax.tree.map(jnp.copy, start), "params": dpo.copy_params(tr.reference)}
+      tr.state = {**jax.tree.map(jnp.copy, start), "params": dpo.copy_params(tr.frozen)}
     batch["label"][:] = label
     metrics = tr.step(batch)
     assert abs(float(metrics["loss"]) - math.log(2)) < 1e-6
     with jax.set_mesh(mesh):
-      ref = logprobs(tr.graphdef, tr.reference, batch)
+      ref = logprobs(tr.graphdef, tr.frozen, batch)
       pol = logprobs(tr.graphdef, tr.state["params"], batch)
     delta = float((pol[0] - ref[0])[0] - (pol[1] - ref[1])[0])
     assert (delta > 1e-4) if label == 1.0 else (delta < -1e-4), (label, delta)
   # the reference is still the initial parameters
   init = nnx.to_pure_dict(nnx.state(init_sharded(lambda r: Transformer(CFG, r), mesh, seed=3)))
-  for x, y in zip(jax.tree.leaves(tr.reference), jax.tree.leaves(init)):
+  for x, y in zip(jax.tree.leaves(tr.frozen), jax.tree.leaves(init)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -194,11 +194,11 @@ def test_precomputed_reference_gives_the_same_training(tmp_path, mesh):
   tok = common.tokenizer(c)
   model_a = common.policy_model(c, mesh, tok)
   model_b = common.policy_model(c, mesh, tok)
-  in_step = dpo.DPOTrainer(c, str(tmp_path / "a"), mesh, model_a)
-  cached = dpo.DPOTrainer(c, str(tmp_path / "b"), mesh, model_b)
-  cache = dpo.reference_cache(c, tok, mesh, cached.graphdef, cached.reference)
+  in_step = dpo.make_trainer(c, str(tmp_path / "a"), mesh, model_a)
+  cached = dpo.make_trainer(c, str(tmp_path / "b"), mesh, model_b)
+  cache = dpo.reference_cache(c, tok, mesh, cached.graphdef, cached.frozen)
   assert len(cache) == 50
-  cached.reference = None          # the cached mode must not need it any more
+  cached.frozen = None          # the cached mode must not need it any more
   it_a = common.data_iterator(c, tok, "pairs")
   it_b = dpo.WithReference(common.data_iterator(c, tok, "pairs"), cache)
   for _ in range(4):               # 64 rows > 50: a second, reshuffled epoch
@@ -218,7 +218,7 @@ def test_learns_preference_rule_held_out(tmp_path, mesh):
   c = config(batch_size=64, steps=150, lr=3e-3, warmup_steps=10, schedule="cosine")
   c.dpo.beta = 0.1
   model = init_sharded(lambda r: Transformer(CFG, r), mesh, seed=0)
-  tr = dpo.DPOTrainer(c, str(tmp_path), mesh, model)
+  tr = dpo.make_trainer(c, str(tmp_path), mesh, model)
   n = len(train["label"]) // 64
 
   class It:
@@ -233,7 +233,7 @@ def test_learns_preference_rule_held_out(tmp_path, mesh):
   batches = [global_batch(rows(test, i, i + 64), mesh) for i in range(0, n_test, 64)]
   ref_fn = jax.jit(dpo.reference_logprobs, static_argnums=0)
   with jax.set_mesh(mesh):
-    refs = [ref_fn(tr.graphdef, tr.reference, b) for b in batches]
+    refs = [ref_fn(tr.graphdef, tr.frozen, b) for b in batches]
     before = dpo.evaluate(tr.graphdef, tr.state["params"], batches, refs, c.dpo.beta)
   tr.fit(It())
   with jax.set_mesh(mesh):

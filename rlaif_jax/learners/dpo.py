@@ -13,10 +13,10 @@ DPO) replaces p by (1 − ε)·p + ε·(1 − p). β·(log π − log π_ref) is
 reward of a response; unlabeled pairs (p = −1) carry no loss.
 
 Both responses of a pair go through one forward pass (stacked on the batch
-axis). The reference's parameters are an explicit argument of the jitted step,
-sharded exactly like the policy's, and never receive gradients; its sequence
-log-probs are computed once per batch inside the step (per micro-batch under
-gradient accumulation) under stop_gradient, or – with
+axis). The reference's parameters are the shared Trainer's `frozen` argument
+of the jitted step – sharded exactly like the policy's, never donated, never
+differentiated; its sequence log-probs are computed inside the loss (so per
+micro-batch under gradient accumulation) under stop_gradient, or – with
 `dpo.precompute_reference=True` – once for the whole training set before
 training, cached by pair content, attached to each batch as `ref_logp_a/_b`,
 and the reference's parameters freed.
@@ -38,7 +38,7 @@ from rlaif_jax.config import ConfigError
 from rlaif_jax.learners import common
 from rlaif_jax.learners.sft import response_nll
 from rlaif_jax.learners.trainer import Trainer
-from rlaif_jax.mesh import batch_sharding, global_batch
+from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import store
 
 PAIR_KEYS = ("tokens_a", "mask_a", "response_mask_a", "tokens_b", "mask_b", "response_mask_b")
@@ -98,12 +98,19 @@ def pair_stats(pi_a, pi_b, ref_a, ref_b, batch, beta: float, label_smoothing: fl
   }
 
 
-def make_loss_fn(beta: float, label_smoothing: float = 0.0):
-  """loss_fn(model, batch, rng) for `Trainer`; the batch carries ref_logp_a/_b."""
-  def loss_fn(model, batch, rng=None):
+def make_loss_fn(graphdef, beta: float, label_smoothing: float = 0.0):
+  """loss_fn(model, batch, rng, ref_params) for `Trainer`. The reference's
+  log-probs come from the batch (`ref_logp_a/_b`, precomputed) or from
+  `ref_params` (the trainer's frozen argument), per micro-batch."""
+  def loss_fn(model, batch, rng=None, ref_params=None):
     pi_a, pi_b = pair_logprobs(model, batch)
-    ref_a = jax.lax.stop_gradient(batch["ref_logp_a"])
-    ref_b = jax.lax.stop_gradient(batch["ref_logp_b"])
+    if "ref_logp_a" in batch:
+      ref_a, ref_b = batch["ref_logp_a"], batch["ref_logp_b"]
+    elif ref_params is not None:
+      ref_a, ref_b = pair_logprobs(nnx.merge(graphdef, ref_params), batch)
+    else:
+      raise ValueError("the batch has no ref_logp_a/_b and the reference was released")
+    ref_a, ref_b = jax.lax.stop_gradient(ref_a), jax.lax.stop_gradient(ref_b)
     stats = pair_stats(pi_a, pi_b, ref_a, ref_b, batch, beta, label_smoothing)
     means = {k: _masked_mean(v.astype(jnp.float32), w) for k, (v, w) in stats.items()}
     return means.pop("loss"), means
@@ -118,60 +125,22 @@ def copy_params(params):
   return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(params)
 
 
-def reference_logprobs(graphdef, ref_params, batch, chunks: int = 1):
-  """Reference (log π_ref(y_a), log π_ref(y_b)) under stop_gradient, in `chunks`
-  sequential micro-batches (rows i*chunks + j in chunk j, as the trainer splits)."""
+def reference_logprobs(graphdef, ref_params, batch):
+  """Reference (log π_ref(y_a), log π_ref(y_b)) under stop_gradient."""
   ref_params = jax.lax.stop_gradient(ref_params)
-  pairs = {k: batch[k] for k in PAIR_KEYS}
-  f = lambda mb: pair_logprobs(nnx.merge(graphdef, ref_params), mb)
-  if chunks == 1:
-    return f(pairs)
-  micro = jax.tree.map(lambda x: jnp.swapaxes(
-      x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]), 0, 1), pairs)
-  a, b = jax.lax.map(f, micro)
-  unsplit = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1)
-  return unsplit(a), unsplit(b)
+  return pair_logprobs(nnx.merge(graphdef, ref_params), {k: batch[k] for k in PAIR_KEYS})
 
 
-class DPOTrainer(Trainer):
-  """`Trainer` whose step also takes the frozen reference's params.
-
-  A batch that already carries `ref_logp_a/_b` (precomputed) goes through the
-  plain step; otherwise the jitted step receives the reference's params as an
-  argument (sharded like the policy, not donated, never differentiated) and
-  computes their log-probs first.
-  """
-
-  def __init__(self, config, workdir, mesh, model, reference_params=None, name="dpo"):
-    d = config.dpo
-    super().__init__(config, workdir, mesh, model, make_loss_fn(d.beta, d.label_smoothing), name)
-    if reference_params is None:
-      with jax.set_mesh(mesh):
-        reference_params = copy_params(self.state["params"])
-    self.reference = reference_params
-    self._dpo_step_fn = None
-
-  def _reference_step(self, state, batch, ref_params):
-    ref_a, ref_b = reference_logprobs(self.graphdef, ref_params, batch, self.t.grad_accum)
-    return self._train_step(state, {**batch, "ref_logp_a": ref_a, "ref_logp_b": ref_b})
-
-  def step(self, batch: dict) -> dict:
-    if "ref_logp_a" in batch:
-      return super().step(batch)
-    if self.reference is None:
-      raise ValueError("the batch has no ref_logp_a/_b and the reference was released")
-    batch = {k: v for k, v in batch.items() if getattr(v, "dtype", object) != object}
-    if not all(isinstance(v, jax.Array) for v in batch.values()):
-      batch = global_batch(batch, self.mesh)
-    if self._dpo_step_fn is None:
-      batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, np.ndim(x)), batch)
-      self._dpo_step_fn = jax.jit(
-          self._reference_step,
-          in_shardings=(self.state_sharding, batch_sh, self.state_sharding["params"]),
-          out_shardings=(self.state_sharding, None), donate_argnums=0)
-    with jax.set_mesh(self.mesh):
-      self.state, metrics = self._dpo_step_fn(self.state, batch, self.reference)
-    return metrics
+def make_trainer(config, workdir, mesh, model, reference_params=None, name="dpo") -> Trainer:
+  """The shared `Trainer` with the reference's params as its frozen argument
+  (a sharded copy of the initial policy unless given)."""
+  graphdef, params = nnx.split(model)
+  if reference_params is None:
+    with jax.set_mesh(mesh):
+      reference_params = copy_params(nnx.to_pure_dict(params))
+  d = config.dpo
+  return Trainer(config, workdir, mesh, model, make_loss_fn(graphdef, d.beta, d.label_smoothing),
+                 name, frozen=reference_params)
 
 
 # ------------------------------------------------ precomputed reference cache
@@ -294,11 +263,11 @@ def run(config, workdir: str, mesh) -> dict:
   common.prepare_data(config, workdir, kind="pairs")
   tok = common.tokenizer(config)
   model = common.policy_model(config, mesh, tok)    # the SFT policy (or scratch for toy)
-  trainer = DPOTrainer(config, workdir, mesh, model)
+  trainer = make_trainer(config, workdir, mesh, model)
   held_out = common.eval_batches(config, tok, "pairs", mesh)
   ref_fn = jax.jit(functools.partial(reference_logprobs, trainer.graphdef))
   with jax.set_mesh(mesh):
-    held_out_refs = [ref_fn(trainer.reference, b) for b in held_out]
+    held_out_refs = [ref_fn(trainer.frozen, b) for b in held_out]
   beta, eps = config.dpo.beta, config.dpo.label_smoothing
 
   def eval_fn():
@@ -309,8 +278,8 @@ def run(config, workdir: str, mesh) -> dict:
   data = common.data_iterator(config, tok, "pairs")
   if config.dpo.precompute_reference:
     data = WithReference(data, reference_cache(config, tok, mesh, trainer.graphdef,
-                                               trainer.reference))
-    trainer.reference = None      # no longer needed on device
+                                               trainer.frozen))
+    trainer.frozen = None      # no longer needed on device
   result = trainer.fit(data, eval_fn,
                        tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])))
   store.save(trainer.model(), os.path.join(workdir, "model"))

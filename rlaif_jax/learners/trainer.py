@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.mesh import batch_sharding, global_batch
 
-LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+# loss_fn(model, batch, rng[, frozen]) -> (scalar loss, {metric: scalar})
+LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
 def make_schedule(t, total_steps: int):
@@ -83,10 +84,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Trainer:
-  """Optimises `params` of `graphdef` under `loss_fn(model, batch, rng)`."""
+  """Optimises `model`'s params under `loss_fn(model, batch, rng)`.
+
+  `frozen` (optional): a pytree of arrays the loss needs but never trains – a
+  reference policy's params, say. It is an explicit argument of the jitted
+  step (so it keeps its sharding and is not baked into the program as a
+  constant), never donated, never differentiated, and reaches the loss as
+  `loss_fn(model, batch, rng, frozen)`. Set `trainer.frozen = None` to release it
+  (the loss then gets None).
+  """
 
   def __init__(self, config, workdir: str, mesh, model: nnx.Module, loss_fn: LossFn,
-               name: str = "train", total_steps: int | None = None):
+               name: str = "train", total_steps: int | None = None, frozen: Any = None):
     self.config, self.t, self.mesh, self.name = config, config.train, mesh, name
     self.workdir = workdir
     self.total_steps = total_steps or self.t.steps
@@ -94,6 +103,8 @@ class Trainer:
     params = nnx.to_pure_dict(params)
     self.tx = make_optimizer(self.t, self.total_steps)
     self.loss_fn = loss_fn
+    self.frozen = frozen
+    self._uses_frozen = frozen is not None
     replicated = NamedSharding(mesh, P())
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     abstract_opt = jax.eval_shape(self.tx.init, params)
@@ -120,13 +131,14 @@ class Trainer:
     return nnx.merge(self.graphdef, self.state["params"] if params is None else params)
 
   # ------------------------------------------------------------------ step
-  def _train_step(self, state, batch):
+  def _train_step(self, state, batch, frozen=None):
     accum = self.t.grad_accum
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+    extra = (jax.lax.stop_gradient(frozen),) if self._uses_frozen else ()
 
     def grads_of(mb, key):
       def f(params):
-        return self.loss_fn(nnx.merge(self.graphdef, params), mb, key)
+        return self.loss_fn(nnx.merge(self.graphdef, params), mb, key, *extra)
       return jax.value_and_grad(f, has_aux=True)(state["params"])
 
     if accum == 1:
@@ -162,12 +174,15 @@ class Trainer:
     batch = {k: v for k, v in batch.items() if getattr(v, "dtype", object) != object}
     if not all(isinstance(v, jax.Array) for v in batch.values()):
       batch = global_batch(batch, self.mesh)
-    if self._step_fn is None:
+    frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
+    key = (tuple(sorted(batch)), jax.tree.structure(self.frozen))
+    if self._step_fn is None or self._step_fn[0] != key:
       batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, np.ndim(x)), batch)
-      self._step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, batch_sh),
-                              out_shardings=(self.state_sharding, None), donate_argnums=0)
+      self._step_fn = key, jax.jit(
+          self._train_step, in_shardings=(self.state_sharding, batch_sh, frozen_sh),
+          out_shardings=(self.state_sharding, None), donate_argnums=0)
     with jax.set_mesh(self.mesh):
-      self.state, metrics = self._step_fn(self.state, batch)
+      self.state, metrics = self._step_fn[1](self.state, batch, self.frozen)
     return metrics
 
   # ------------------------------------------------------------ checkpoints
