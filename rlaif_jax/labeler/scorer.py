@@ -37,7 +37,7 @@ import numpy as np
 from rlaif_jax.data.formats import HH_CUE, TLDR_CUE, Prompt
 from rlaif_jax.labeler import prompts as P
 from rlaif_jax.labeler.engine import ScoringEngine
-from rlaif_jax.labeler.tokens import option_ids, score_string_ids
+from rlaif_jax.labeler.tokens import option_tokens, score_string_ids
 from rlaif_jax.sampling import Sampler, SamplingConfig, encode_continuation
 
 
@@ -72,7 +72,8 @@ class Labeler:
     self.bucket = bucket
     self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     self.enc = lambda text: encode_continuation(tokenizer, text)
-    self.options = option_ids(tokenizer, self.template.ending, self.template.options)
+    self.option_prefix, self.options = option_tokens(tokenizer, self.template.ending,
+                                                     self.template.options)
     self.score_ids = score_string_ids(tokenizer, self.direct.ending, self.direct.scores)
     self.prefix_ids = self.bos + list(tokenizer(
         P.prefix_text(self.template.preamble, exemplars, self.template),
@@ -124,11 +125,11 @@ class Labeler:
     rationales = None
     if self.cot:
       rationales = self._rationales(ctx_ids, rests)          # [pair][order][sample]
-      tails = [[self.enc(f"{rest}{t.cot_ending} {r}\n{t.ending}")
+      tails = [[self.enc(f"{rest}{t.cot_ending} {r}\n{t.ending}") + self.option_prefix
                 for o, rest in enumerate(rs) for r in rationales[i][o]]
                for i, rs in enumerate(rests)]
     else:
-      tails = [[self.enc(rest + t.ending) for rest in rs] for rs in rests]
+      tails = [[self.enc(rest + t.ending) + self.option_prefix for rest in rs] for rs in rests]
     out = self.engine.score("pair", ctx_ids, tails, self.options)
     q = _softmax(out["tail_query"]).reshape(len(ctx_ids), 2, k, 2).mean(2)  # [pair, order, pos]
     if t.invert:

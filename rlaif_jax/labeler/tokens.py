@@ -23,19 +23,37 @@ def continuation_ids(tokenizer, ending: str, text: str) -> list[int]:
   return full[len(base):]
 
 
-def option_ids(tokenizer, ending: str, options=("1", "2")) -> list[int]:
-  """One token id per option, as it follows `ending` inside the prompt."""
-  ids = []
-  for opt in options:
-    seq = continuation_ids(tokenizer, ending, opt)
-    if len(seq) != 1:
+def option_tokens(tokenizer, ending: str, options=("1", "2")) -> tuple[list[int], list[int]]:
+  """(shared, ids): the tokens all options start with, and one id per option.
+
+  " 1" may be the two tokens "▁" "1" (Llama splits digits) or "Ġ" "1" (byte
+  BPE). A shared leading part is teacher-forced as part of the prompt; that is
+  exact for the 2-way distribution, because p(shared) is a common factor:
+  p(s+i) / Σ_j p(s+j) = p(i | s) / Σ_j p(j | s).
+  """
+  seqs = [continuation_ids(tokenizer, ending, opt) for opt in options]
+  n = 0
+  while all(len(s) > n + 1 for s in seqs) and len({s[n] for s in seqs}) == 1:
+    n += 1
+  for opt, seq in zip(options, seqs):
+    if len(seq) != n + 1:
       pieces = tokenizer.convert_ids_to_tokens(seq)
-      raise ValueError(f"option {opt!r} after {ending!r} is {len(seq)} tokens {pieces} in this "
-                       "tokenizer; pairwise scoring needs single-token options "
-                       "(labeler.template.options)")
-    ids.append(seq[0])
+      raise ValueError(f"option {opt!r} after {ending!r} is the tokens {pieces} in this "
+                       "tokenizer; pairwise scoring needs options that differ in a single "
+                       "last token (labeler.template.options)")
+  ids = [s[n] for s in seqs]
   if len(set(ids)) != len(ids):
     raise ValueError(f"options {options} map to the same token ids {ids}")
+  return seqs[0][:n], ids
+
+
+def option_ids(tokenizer, ending: str, options=("1", "2")) -> list[int]:
+  """One token id per option right after `ending`; raises unless each is one token."""
+  shared, ids = option_tokens(tokenizer, ending, options)
+  if shared:
+    raise ValueError(f"options {options} after {ending!r} share the leading tokens "
+                     f"{tokenizer.convert_ids_to_tokens(shared)}: not single-token options "
+                     "(use option_tokens, which teacher-forces the shared part)")
   return ids
 
 
