@@ -33,6 +33,8 @@ STAGES = {
     "label": "rlaif_jax.labeler.stage",
     "rl": "rlaif_jax.learners.rl",
     "dpo": "rlaif_jax.learners.dpo",
+    "eval": "rlaif_jax.eval.stage",
+    "pipeline": "rlaif_jax.pipeline",
 }
 
 
@@ -63,7 +65,14 @@ def main(argv=None) -> int:
   define_flags()
   from rlaif_jax import config as cfglib
   cfglib.parse_flags(argv, flags.FLAGS)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  # absl owns the root logger once its flags are parsed: our INFO lines through
+  # it, while libraries that log through absl itself (Orbax) stay at WARNING.
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logging.set_stderrthreshold(absl_logging.INFO)
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   if not flags.FLAGS.workdir:
     sys.exit("error: --workdir is required (checkpoints, metrics and artifacts go there)")
   from rlaif_jax.mesh import maybe_initialize_distributed

@@ -122,7 +122,9 @@ class Trainer:
     ckpt_dir = os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir,
                             "checkpoints")
     self.ckpt = ocp.CheckpointManager(
-        ckpt_dir, options=ocp.CheckpointManagerOptions(
+        ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                 "data": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(
             max_to_keep=self.t.keep_checkpoints, enable_async_checkpointing=True,
             create=True))
 
