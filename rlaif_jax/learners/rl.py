@@ -1,0 +1,332 @@
+"""RL from (AI) feedback: the paper's REINFORCE with a value baseline, and PPO.
+
+One iteration:
+  1. rollout – a batch of prompts (`train.batch_size`), one response each from
+     the policy with the jitted KV-cache sampler (rlaif_jax.sampling) at
+     `rl.temperature`; one forward pass of policy, value and reference scores
+     the response tokens (log π, V, log π_ref, entropy); the reward source
+     (rl_rewards) scores the decoded text or tokens.
+  2. per-token rewards r_t = c·score·[t last] − β·KL_t (rl_losses.token_rewards);
+     `reinforce_baseline` (the paper): c = 1 − β, γ = 1, A_t = Z_t − V_t with Z
+     the return; `ppo`: c = 1, GAE(γ, λ), advantages whitened.
+  3. updates – reinforce_baseline: one step on the whole batch,
+         L = −mean log π · stopgrad(A) + vf_coef · mean (V − Z)²;
+     ppo: `rl.ppo_epochs` passes over `rl.minibatches` shuffled minibatches,
+         L = clipped surrogate + vf_coef · clipped value loss − entropy_coef · H.
+  4. β: fixed, or Ziegler's proportional controller toward `rl.kl_target`.
+
+Models: policy and value live in one NNX container (`ActorCritic`) trained by
+one shared `Trainer` and optimizer; the value is a separate ScalarModel (from
+the SFT checkpoint as in the paper, or from the RM), or with
+`rl.shared_value_head` a head on the policy's trunk (one network less in
+memory). The reference is a frozen sharded copy of the initial policy. Its
+log-probs are needed only at rollout time – the KL enters through the rewards,
+which are fixed for the whole rollout – so it is an argument of the scoring
+program, not of the train step, and costs one forward pass per rollout rather
+than one per PPO minibatch.
+
+Exact resume: the checkpoint holds the train state and, through the iterator
+hook of `Trainer.save`, the prompt iterator's position, β and the running
+reward statistics; each rollout's sampling seed is a function of the config
+seed and the iteration number. A killed run restarts at its last checkpoint
+and reproduces the uninterrupted run bit for bit.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from rlaif_jax.config import ConfigError
+from rlaif_jax.learners import common
+from rlaif_jax.learners import rl_losses as L
+from rlaif_jax.learners.dpo import copy_params
+from rlaif_jax.learners.metrics import MetricsWriter
+from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
+from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding
+from rlaif_jax.models import store
+from rlaif_jax.sampling import Sampler, SamplingConfig
+
+ALGORITHMS = ("reinforce_baseline", "ppo")
+TRAIN_KEYS = ("tokens", "mask", "response_mask", "old_logp", "old_values", "advantages", "returns")
+
+
+# ------------------------------------------------------------------ models
+
+class ActorCritic(nnx.Module):
+  """The trained networks: a causal-LM policy and a value function V(s_t)."""
+
+  def __init__(self, policy: nnx.Module, value: nnx.Module | None, mesh=None):
+    self.policy = policy
+    if value is not None:
+      self.value, self.value_head = value, nnx.data(None)
+    else:                    # a head on the policy's trunk, starting at V = 0
+      d = policy.cfg.d_model
+      head = jnp.zeros((d,))
+      if mesh is not None:
+        head = jax.device_put(head, logical_sharding(("embed",), mesh, (d,)))
+      self.value = nnx.data(None)
+      self.value_head = nnx.Param(head, logical_axes=("embed",))
+
+  def __call__(self, tokens, mask):
+    """Policy logits (B, T, V) and values (B, T)."""
+    h, _ = self.policy.hidden(tokens, mask)
+    if self.value is None:
+      return self.policy.logits(h), h.astype(jnp.float32) @ self.value_head[...]
+    return self.policy.logits(h), self.value.per_token(tokens, mask)
+
+
+def response_outputs(model: ActorCritic, tokens, mask, n_new: int):
+  """log π(a_t|s_t), V(s_t) and the entropy of π(·|s_t) for the last n_new
+  positions (the response): position P−1+t predicts response token t."""
+  logits, values = model(tokens, mask)
+  logits, values = logits[:, -n_new - 1:-1], values[:, -n_new - 1:-1]
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, -n_new:, None], -1)[..., 0]
+  return logp, values, L.entropy_from_logits(logits)
+
+
+def build_models(config, mesh, tok) -> ActorCritic:
+  r = config.rl
+  policy = common.policy_model(config, mesh, tok)
+  if r.shared_value_head:
+    return ActorCritic(policy, None, mesh)
+  source = r.reward_model if r.value_init == "reward_model" else None
+  return ActorCritic(policy, common.scalar_model(config, mesh, tok, checkpoint=source))
+
+
+# ------------------------------------------------------------------ loss
+
+def make_loss_fn(r, n_new: int):
+  """loss_fn(model, batch, rng) for the Trainer; batch holds TRAIN_KEYS."""
+  ppo = r.algorithm == "ppo"
+
+  def loss_fn(model, batch, rng=None):
+    logp, values, entropy = response_outputs(model, batch["tokens"], batch["mask"], n_new)
+    m, adv = batch["response_mask"], batch["advantages"]
+    if ppo:
+      pg, clip_frac = L.ppo_policy_loss(logp, batch["old_logp"], adv, m, r.clip_eps)
+      vf = L.clipped_value_loss(values, batch["old_values"], batch["returns"], m, r.value_clip)
+    else:
+      pg, clip_frac = L.reinforce_policy_loss(logp, adv, m), jnp.zeros(())
+      vf = L.value_loss(values, batch["returns"], m)
+    ent = L.masked_mean(entropy, m)
+    loss = pg + r.vf_coef * vf - r.entropy_coef * ent
+    approx_kl = L.masked_mean(L.kl_estimate(batch["old_logp"], logp, "k3"), m)
+    return loss, {"policy_loss": pg, "value_loss": vf, "clip_frac": clip_frac,
+                  "policy_drift_kl": approx_kl}
+  return loss_fn
+
+
+# ------------------------------------------------------------------ rollout
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _score(graphdef, ref_graphdef, n_new, params, ref_params, tokens, mask):
+  logp, values, entropy = response_outputs(nnx.merge(graphdef, params), tokens, mask, n_new)
+  ref_logits, _ = nnx.merge(ref_graphdef, ref_params)(tokens, mask)
+  ref_lp = jax.nn.log_softmax(ref_logits[:, -n_new - 1:-1])
+  ref_logp = jnp.take_along_axis(ref_lp, tokens[:, -n_new:, None], -1)[..., 0]
+  return logp, values, entropy, ref_logp
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def advantages(algorithm, estimator, gamma, lam, whiten, logp, ref_logp, values, mask, score,
+               beta):
+  """Per-token KL, rewards, advantages and value targets for one rollout."""
+  kl = jnp.where(mask, L.kl_estimate(logp, ref_logp, estimator), 0.0)
+  if algorithm == "reinforce_baseline":   # the paper: γ = 1, Monte-Carlo return
+    rewards = L.token_rewards(score, kl, mask, beta, score_coef=1.0 - beta)
+    returns = L.discounted_returns(rewards, mask, 1.0)
+    adv = jnp.where(mask, returns - values, 0.0)
+  else:
+    rewards = L.token_rewards(score, kl, mask, beta)
+    adv, returns = L.gae(rewards, values, mask, gamma, lam)
+  if whiten:
+    adv = L.whiten(adv, mask)
+  return kl, rewards, adv, returns
+
+
+class RolloutState:
+  """The prompt iterator plus what else the next rollout depends on (β, the
+  running reward statistics); `Trainer.save/restore` checkpoint it."""
+
+  def __init__(self, prompts, beta: float):
+    self.prompts, self.beta, self.reward_stats = prompts, float(beta), [0, 0.0, 0.0]
+
+  def __next__(self):
+    return next(self.prompts)
+
+  def get_state(self):
+    return {"prompts": self.prompts.get_state(), "beta": self.beta,
+            "reward_stats": list(self.reward_stats)}
+
+  def set_state(self, state):
+    self.prompts.set_state(state["prompts"])
+    self.beta, self.reward_stats = float(state["beta"]), list(state["reward_stats"])
+
+
+def rollout_seed(seed: int, iteration: int) -> int:
+  return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] >> 1)
+
+
+class RLLearner:
+  def __init__(self, config, workdir, mesh, tok, model: ActorCritic, reward):
+    r = self.r = config.rl
+    self.config, self.workdir, self.mesh, self.tok, self.reward = config, workdir, mesh, tok, reward
+    self.n_new = r.max_new_tokens or config.data.max_response_len
+    self.updates = 1 if r.algorithm == "reinforce_baseline" else r.ppo_epochs * r.minibatches
+    self.minibatches = 1 if r.algorithm == "reinforce_baseline" else r.minibatches
+    with jax.set_mesh(mesh):
+      self.ref_params = copy_params(nnx.to_pure_dict(nnx.state(model.policy)))
+    self.ref_graphdef = nnx.graphdef(model.policy)
+    self.trainer = Trainer(config, workdir, mesh, model, make_loss_fn(r, self.n_new), "rl",
+                           total_steps=config.train.steps * self.updates)
+    self.sampler = Sampler(model.policy, mesh, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                           tokenizer=tok)
+    self.sampling = SamplingConfig(max_new_tokens=self.n_new, temperature=r.temperature,
+                                   top_k=r.top_k, top_p=r.top_p)
+
+  def rollout(self, prompts: dict, iteration: int, state: RolloutState) -> dict:
+    """Samples and scores one batch; returns host arrays (TRAIN_KEYS and more)."""
+    params = self.trainer.state["params"]
+    pt, pm = prompts["prompt_tokens"], prompts["prompt_mask"]
+    out = self.sampler(pt, pm, self.sampling, seed=rollout_seed(self.config.seed, iteration),
+                       params=params["policy"])
+    resp_mask = np.arange(self.n_new)[None] < out.lengths[:, None]
+    tokens = np.concatenate([pt, out.tokens], 1)
+    mask = np.concatenate([pm, resp_mask], 1)
+    responses = self.sampler.decode(out)
+    with jax.set_mesh(self.mesh):
+      g_tokens, g_mask = global_batch((tokens, mask), self.mesh)
+      logp, values, entropy, ref_logp = _score(self.trainer.graphdef, self.ref_graphdef,
+                                               self.n_new, params, self.ref_params,
+                                               g_tokens, g_mask)
+    raw = self.reward(list(prompts["prompt"]), responses, g_tokens, g_mask)
+    score, state.reward_stats = shape_scores(raw, out.ended, self.r, state.reward_stats)
+    r = self.r
+    with jax.set_mesh(self.mesh):
+      kl, rewards, adv, returns = advantages(
+          r.algorithm, r.kl_estimator, r.gamma, r.lam,
+          bool(r.whiten_advantages and r.algorithm == "ppo"),
+          logp, ref_logp, values, resp_mask, score, np.float32(state.beta))
+    host = lambda x: np.asarray(jax.device_get(x))
+    logp, values, entropy, kl, adv, returns = map(host, (logp, values, entropy, kl, adv, returns))
+    return dict(tokens=tokens, mask=mask, response_mask=resp_mask, old_logp=logp,
+                old_values=values, advantages=adv, returns=returns, kl=kl, entropy=entropy,
+                rewards=host(rewards), ref_logp=host(ref_logp),
+                raw=raw, score=score, lengths=out.lengths, ended=out.ended,
+                sampler_logp=out.logprobs, prompts=list(prompts["prompt"]), responses=responses)
+
+  def rollout_metrics(self, ro: dict, beta: float) -> dict:
+    m = ro["response_mask"]
+    seq_kl = np.sum(ro["kl"], 1)
+    ev = L.explained_variance(ro["old_values"], ro["returns"], m)
+    gap = np.abs(np.where(m, ro["sampler_logp"] - ro["old_logp"], 0.0)).max()
+    return {"reward": float(np.mean(ro["raw"])), "score": float(np.mean(ro["score"])),
+            "kl": float(np.mean(seq_kl)), "kl_coef": beta,
+            "entropy": float(np.sum(ro["entropy"] * m) / max(m.sum(), 1)),
+            "response_length": float(np.mean(ro["lengths"])),
+            "ended_rate": float(np.mean(ro["ended"])), "explained_variance": float(ev),
+            "value_mean": float(np.sum(ro["old_values"] * m) / max(m.sum(), 1)),
+            "sampler_logp_gap": float(gap)}
+
+  def update(self, ro: dict, iteration: int) -> dict:
+    """The optimiser steps on one rollout; mean of their metrics."""
+    rows = len(ro["tokens"])
+    size = rows // self.minibatches
+    rng = np.random.default_rng([self.config.seed, iteration, 1])
+    sums = {}
+    for _ in range(self.updates // self.minibatches):
+      order = rng.permutation(rows) if self.minibatches > 1 else np.arange(rows)
+      for k in range(self.minibatches):
+        idx = order[k * size:(k + 1) * size]
+        metrics = self.trainer.step({key: ro[key][idx] for key in TRAIN_KEYS})
+        host = self.trainer._check(int(self.trainer.state["step"]), metrics)
+        for key, v in host.items():
+          sums[key] = sums.get(key, 0.0) + v / self.updates
+    return sums
+
+  def fit(self) -> dict:
+    c, r = self.config, self.r
+    state = RolloutState(common.data_iterator(c, self.tok, "prompts"), r.kl_coef)
+    start = self.trainer.restore(state) // self.updates
+    writer = MetricsWriter(self.workdir, "rl")
+    bar = tqdm(total=c.train.steps, initial=start, desc="rl", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    last = {}
+    try:
+      for it in range(start, c.train.steps):
+        t0 = time.perf_counter()
+        ro = self.rollout(next(state), it, state)
+        metrics = self.rollout_metrics(ro, state.beta)
+        metrics.update(self.update(ro, it))
+        metrics["seconds_per_iteration"] = time.perf_counter() - t0
+        if r.adaptive_kl:
+          state.beta = L.adaptive_kl_coef(state.beta, metrics["kl"], r.kl_target, r.kl_horizon,
+                                          len(ro["tokens"]))
+        step = it + 1
+        last = metrics
+        if step % c.train.log_every == 0 or step == c.train.steps:
+          samples = [{"prompt": p, "response": s, "reward": float(x)} for p, s, x in
+                     zip(ro["prompts"], ro["responses"], ro["raw"])][:r.log_samples]
+          writer.write(step, metrics, {"samples": samples} if samples else None)
+          logging.info("rl %d: reward %.4f kl %.4f len %.1f | %s", step, metrics["reward"],
+                       metrics["kl"], metrics["response_length"], samples[:1])
+          bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
+        if step % c.train.checkpoint_every == 0 or step == c.train.steps:
+          self.trainer.save(state)
+        bar.update(1)
+    finally:
+      bar.close()
+      writer.close()
+      self.trainer.ckpt.wait_until_finished()
+    return last
+
+
+# ------------------------------------------------------------------ stage
+
+def validate(config, mesh) -> None:
+  r = config.rl
+  if r.algorithm not in ALGORITHMS:
+    raise ConfigError(f"rl.algorithm={r.algorithm!r}: use {' or '.join(ALGORITHMS)}")
+  if r.kl_estimator not in ("k1", "k2", "k3"):
+    raise ConfigError(f"rl.kl_estimator={r.kl_estimator!r}: use k1, k2 or k3")
+  if r.reward_norm not in ("none", "batch", "running"):
+    raise ConfigError(f"rl.reward_norm={r.reward_norm!r}: use none, batch or running")
+  if r.reward == "model" and not r.reward_model:
+    raise ConfigError("rl.reward='model' needs rl.reward_model=<rm workdir>/model")
+  if r.reward == "callable" and not r.reward_fn:
+    raise ConfigError("rl.reward='callable' needs rl.reward_fn='package.module:function'")
+  if r.value_init == "reward_model" and not r.reward_model:
+    raise ConfigError("rl.value_init='reward_model' needs rl.reward_model")
+  if not (r.kl_coef >= 0 and math.isfinite(r.kl_coef)) or (r.adaptive_kl and r.kl_target <= 0):
+    raise ConfigError(f"rl.kl_coef={r.kl_coef} must be >= 0 (and rl.kl_target > 0 when adaptive)")
+  if r.algorithm == "ppo":
+    rows, dp = config.train.batch_size, data_parallel_size(mesh)
+    if rows % r.minibatches or (rows // r.minibatches) % dp:
+      raise ConfigError(f"train.batch_size={rows} must split into rl.minibatches={r.minibatches} "
+                        f"minibatches of a multiple of data*fsdp={dp} rows")
+  if jax.process_count() > 1:
+    raise ConfigError("the rl stage runs single-controller for now (one process, any mesh)")
+
+
+def run(config, workdir: str, mesh) -> dict:
+  validate(config, mesh)
+  common.prepare_data(config, workdir, kind="sft")   # toy: prompts read from the SFT file
+  tok = common.tokenizer(config)
+  learner = RLLearner(config, workdir, mesh, tok, build_models(config, mesh, tok),
+                      make_reward(config, mesh))
+  result = learner.fit()
+  model = learner.trainer.model()
+  store.save(model.policy, os.path.join(workdir, "model"))
+  if model.value is not None:
+    store.save(model.value, os.path.join(workdir, "value"))
+  return result

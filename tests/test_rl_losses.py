@@ -1,0 +1,194 @@
+"""RL math on hand tensors: GAE and returns against naive loops, KL estimators,
+the adaptive controller, PPO and value-clip losses, EOS handling, reward shaping."""
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlaif_jax.learners import rl
+from rlaif_jax.learners import rl_losses as L
+from rlaif_jax.learners.rl_rewards import shape_scores
+from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.models.transformer import Transformer
+
+
+def _episode_arrays(seed=0, b=4, n=7):
+  rng = np.random.default_rng(seed)
+  lengths = np.array([7, 3, 1, 5])[:b]
+  mask = np.arange(n)[None] < lengths[:, None]
+  rewards = np.where(mask, rng.normal(size=(b, n)), 0.0).astype(np.float32)
+  values = rng.normal(size=(b, n)).astype(np.float32)   # garbage after the end on purpose
+  return rewards, values, mask, lengths
+
+
+def naive_gae(rewards, values, lengths, gamma, lam):
+  adv, ret = np.zeros_like(rewards), np.zeros_like(rewards)
+  for b, n in enumerate(lengths):
+    for t in range(n):
+      a = 0.0
+      for k in range(t, n):       # A_t = Σ (γλ)^{k−t} δ_k, V_n = 0
+        v_next = values[b, k + 1] if k + 1 < n else 0.0
+        delta = rewards[b, k] + gamma * v_next - values[b, k]
+        a += (gamma * lam) ** (k - t) * delta
+      adv[b, t], ret[b, t] = a, a + values[b, t]
+  return adv, ret
+
+
+@pytest.mark.parametrize("gamma,lam", [(0.9, 0.8), (1.0, 0.95), (0.99, 0.0)])
+def test_gae_matches_naive_loop_with_masks(gamma, lam):
+  rewards, values, mask, lengths = _episode_arrays()
+  adv, ret = L.gae(rewards, values, mask, gamma, lam)
+  want_adv, want_ret = naive_gae(rewards, values, lengths, gamma, lam)
+  np.testing.assert_allclose(adv, want_adv, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ret, want_ret, rtol=1e-5, atol=1e-6)
+  assert not np.any(np.asarray(adv)[~mask]) and not np.any(np.asarray(ret)[~mask])
+
+
+def test_gae_hand_case():
+  # One row, two tokens: r = (0, 1), V = (0.5, 0.25), γ = 0.5, λ = 0.5.
+  # δ_1 = 1 − 0.25 = 0.75; δ_0 = 0 + 0.5·0.25 − 0.5 = −0.375
+  # A_1 = 0.75; A_0 = −0.375 + 0.25·0.75 = −0.1875
+  adv, ret = L.gae(jnp.array([[0.0, 1.0, 0.0]]), jnp.array([[0.5, 0.25, 9.0]]),
+                   jnp.array([[True, True, False]]), 0.5, 0.5)
+  np.testing.assert_allclose(adv, [[-0.1875, 0.75, 0.0]], atol=1e-7)
+  np.testing.assert_allclose(ret, [[0.3125, 1.0, 0.0]], atol=1e-7)
+
+
+def test_gae_with_gamma_lambda_one_is_return_minus_value():
+  rewards, values, mask, _ = _episode_arrays(1)
+  adv, _ = L.gae(rewards, values, mask, 1.0, 1.0)
+  z = L.discounted_returns(rewards, mask, 1.0)
+  np.testing.assert_allclose(adv, np.where(mask, z - values, 0.0), rtol=1e-5, atol=1e-5)
+
+
+def test_reinforce_returns_are_final_reward_with_kl_folded_in():
+  """γ = 1: Z_t = (1−β)·r − β·Σ_{s≥t} KL_s at every real token; A_t = Z_t − V_t."""
+  b, n, beta = 3, 6, 0.05
+  rng = np.random.default_rng(2)
+  lengths = np.array([6, 2, 4])
+  mask = np.arange(n)[None] < lengths[:, None]
+  logp, ref = rng.normal(size=(2, b, n)).astype(np.float32)
+  values = rng.normal(size=(b, n)).astype(np.float32)
+  score = np.array([1.0, -2.0, 0.5], np.float32)
+  kl, rewards, adv, ret = rl.advantages("reinforce_baseline", "k1", 1.0, 1.0, False, logp, ref,
+                                        values, mask, score, np.float32(beta))
+  for i in range(b):
+    for t in range(n):
+      if t < lengths[i]:
+        want = (1 - beta) * score[i] - beta * np.sum((logp - ref)[i, t:lengths[i]])
+        assert ret[i, t] == pytest.approx(want, rel=1e-5, abs=1e-5)
+        assert adv[i, t] == pytest.approx(want - values[i, t], rel=1e-5, abs=1e-5)
+      else:
+        assert ret[i, t] == 0 and adv[i, t] == 0 and rewards[i, t] == 0 and kl[i, t] == 0
+
+
+def test_reward_lands_on_last_real_token():
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)   # ended at t=2 | never ended
+  kl = np.full((2, 5), 0.1, np.float32)
+  r = np.asarray(L.token_rewards(jnp.array([2.0, 3.0]), kl, mask, 0.5, score_coef=1.0))
+  np.testing.assert_allclose(r, [[-0.05, -0.05, 1.95, 0, 0], [-0.05] * 4 + [2.95]], atol=1e-6)
+
+
+def test_kl_estimators_closed_forms():
+  logp, ref = jnp.log(jnp.array([0.5, 0.25])), jnp.log(jnp.array([0.25, 0.5]))
+  d = np.array([math.log(2), -math.log(2)])
+  np.testing.assert_allclose(L.kl_estimate(logp, ref, "k1"), d, rtol=1e-6)
+  np.testing.assert_allclose(L.kl_estimate(logp, ref, "k2"), d**2 / 2, rtol=1e-6)
+  np.testing.assert_allclose(L.kl_estimate(logp, ref, "k3"), [0.5 - 1 + d[0], 2 - 1 + d[1]],
+                             rtol=1e-6)
+  # k1 and k3 are unbiased: their expectation under π is KL(π ‖ π_ref) exactly.
+  pi, pr = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.5, 0.3])
+  true_kl = np.sum(pi * np.log(pi / pr))
+  for est in ("k1", "k3"):
+    k = np.asarray(L.kl_estimate(jnp.log(pi), jnp.log(pr), est))
+    assert np.sum(pi * k) == pytest.approx(true_kl, rel=1e-5)
+  assert np.all(np.asarray(L.kl_estimate(jnp.log(pi), jnp.log(pr), "k3")) >= 0)
+
+
+def test_adaptive_kl_controller_moves_beta_toward_target():
+  assert L.adaptive_kl_coef(0.1, kl=9.0, target=6.0, horizon=100, n=10) == pytest.approx(
+      0.1 * (1 + 0.2 * 0.1))      # above the target: β grows (error clipped at 0.2)
+  assert L.adaptive_kl_coef(0.1, kl=5.4, target=6.0, horizon=100, n=10) == pytest.approx(
+      0.1 * (1 - 0.1 * 0.1))      # below: β shrinks proportionally
+  assert L.adaptive_kl_coef(0.1, kl=6.0, target=6.0, horizon=100, n=10) == pytest.approx(0.1)
+
+
+def test_ppo_clipped_loss_hand_case():
+  logp_old = jnp.zeros(5)
+  ratio = jnp.array([1.5, 0.5, 1.1, 0.7, 40.0])
+  adv = jnp.array([1.0, -1.0, 1.0, 1.0, 1.0])
+  mask = jnp.array([True, True, True, True, False])     # the last token is past EOS
+  loss, clip_frac = L.ppo_policy_loss(jnp.log(ratio), logp_old, adv, mask, 0.2)
+  # per token max(−Aρ, −A·clip(ρ)): (−1.2 clipped, 0.8 clipped, −1.1, −0.7)
+  assert float(loss) == pytest.approx((-1.2 + 0.8 - 1.1 - 0.7) / 4, rel=1e-6)
+  assert float(clip_frac) == pytest.approx(0.5)
+  grad = jax.grad(lambda lp: L.ppo_policy_loss(lp, logp_old, adv, mask, 0.2)[0])(jnp.log(ratio))
+  np.testing.assert_allclose(grad, [0, 0, -1.1 / 4, -0.7 / 4, 0], rtol=1e-6, atol=1e-7)
+
+
+def test_value_losses_hand_case():
+  v, old, ret = jnp.array([0.5, -0.1, 7.0]), jnp.zeros(3), jnp.array([1.0, 0.3, 0.0])
+  mask = jnp.array([True, True, False])
+  # clipped values (0.2, −0.1): errors max(0.25, 0.64) and max(0.16, 0.16)
+  assert float(L.clipped_value_loss(v, old, ret, mask, 0.2)) == pytest.approx(0.4, rel=1e-6)
+  assert float(L.value_loss(v, ret, mask)) == pytest.approx((0.25 + 0.16) / 2, rel=1e-6)
+  assert float(L.explained_variance(ret, ret, mask)) == pytest.approx(1.0)
+
+
+def _shaping(**kw):
+  d = dict(reward_norm="none", reward_clip=0.0, missing_eos_penalty=0.0)
+  return types.SimpleNamespace(**{**d, **kw})
+
+
+def test_missing_eos_penalty_clip_and_running_norm():
+  raw, ended = np.array([3.0, -1.0, 0.5]), np.array([True, False, True])
+  s, _ = shape_scores(raw, ended, _shaping(missing_eos_penalty=0.5, reward_clip=2.0), [0, 0, 0])
+  np.testing.assert_allclose(s, [2.0, -1.5, 0.5])
+  seen, stats = [], [0, 0.0, 0.0]
+  for batch in (np.array([1.0, 2.0]), np.array([5.0, -3.0, 0.0])):
+    seen.extend(batch)
+    s, stats = shape_scores(batch, np.ones(len(batch), bool), _shaping(reward_norm="running"),
+                            stats)
+    np.testing.assert_allclose(s, (batch - np.mean(seen)) / np.std(seen), rtol=1e-5)
+
+
+def _tiny_actor_critic():
+  cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
+                    d_ff=32)
+  return rl.ActorCritic(Transformer(cfg, nnx.Rngs(0)), None)
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce_baseline", "ppo"])
+def test_tokens_after_eos_carry_no_loss(algorithm):
+  """Changing anything at positions after EOS (tokens, advantages, old log-probs,
+  returns) changes neither the loss nor its gradient."""
+  model = _tiny_actor_critic()
+  r = types.SimpleNamespace(algorithm=algorithm, clip_eps=0.2, value_clip=0.2, vf_coef=0.5,
+                            entropy_coef=0.01)
+  p, n = 4, 5
+  rng = np.random.default_rng(0)
+  resp = np.arange(n)[None] < np.array([[2], [5]])           # row 0 ended at its 2nd token
+  batch = dict(tokens=rng.integers(3, 32, (2, p + n)).astype(np.int32),
+               mask=np.concatenate([np.ones((2, p), bool), resp], 1), response_mask=resp,
+               old_logp=rng.normal(size=(2, n)).astype(np.float32) - 3,
+               old_values=rng.normal(size=(2, n)).astype(np.float32),
+               advantages=rng.normal(size=(2, n)).astype(np.float32),
+               returns=rng.normal(size=(2, n)).astype(np.float32))
+  other = {k: v.copy() for k, v in batch.items()}
+  other["tokens"][0, p + 2:] = 7
+  for k in ("old_logp", "old_values", "advantages", "returns"):
+    other[k][0, 2:] += 100.0
+  loss_fn = rl.make_loss_fn(r, n)
+  graphdef, params = nnx.split(model)
+
+  def f(params, b):
+    return loss_fn(nnx.merge(graphdef, params), b)[0]
+  vg = jax.jit(jax.value_and_grad(f))
+  (l1, g1), (l2, g2) = (vg(params, b) for b in (batch, other))
+  assert float(l1) == pytest.approx(float(l2), rel=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
