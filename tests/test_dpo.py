@@ -2,12 +2,7 @@
 reference modes agree, learning a preference rule, exact resume after SIGKILL."""
 import json
 import math
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +13,7 @@ from flax import nnx
 from rlaif_jax.config import load_config_file
 from rlaif_jax.learners import dpo
 from rlaif_jax.mesh import global_batch
-from rlaif_jax.models import ModelConfig, Transformer, init_sharded, store
+from rlaif_jax.models import ModelConfig, Transformer, init_sharded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CFG = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -243,63 +238,4 @@ def test_learns_preference_rule_held_out(tmp_path, mesh):
   assert after["accuracy"] == after["accuracy_human"]        # hard test labels
   assert after["reward_margin"] > 0 and after["chosen_drift"] > after["rejected_drift"], after
 
-
-# ------------------------------------------------------------ exact resume
-
-def _launch(workdir, log):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16",
-             JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-             PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-  cmd = [sys.executable, "-m", "rlaif_jax.main", f"--config={ROOT}/configs/dpo.py:toy",
-         f"--workdir={workdir}", "--config.train.steps=40", "--config.train.checkpoint_every=10",
-         "--config.train.log_every=10", "--config.train.eval_batches=1"]
-  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _params(path, mesh):
-  model = store.load(str(path), mesh)
-  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
-
-
-def test_exact_resume_after_sigkill(tmp_path, mesh):
-  full, killed = tmp_path / "full", tmp_path / "killed"
-  procs = []
-  try:
-    with open(tmp_path / "full.log", "wb") as lf, open(tmp_path / "killed.log", "wb") as lk:
-      procs = [_launch(full, lf), _launch(killed, lk)]
-      ckpts = killed / "checkpoints"
-      deadline = time.monotonic() + 150
-      while not (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())):
-        assert procs[1].poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 150 s"
-        time.sleep(0.02)
-      procs[1].send_signal(signal.SIGKILL)
-      metrics = killed / "metrics" / "dpo.jsonl"
-      assert procs[1].wait(30) == -signal.SIGKILL
-      saved = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-      logged_before = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-      assert saved and saved[-1] < 40 and not (killed / "model").exists(), saved
-      with open(tmp_path / "resumed.log", "wb") as lr:
-        resumed = _launch(killed, lr)
-        procs.append(resumed)
-        assert resumed.wait(150) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-      assert procs[0].wait(150) == 0, (tmp_path / "full.log").read_text()[-3000:]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  # the second run resumed at the checkpoint: its first logged step is the first after it
-  resumed_rows = [json.loads(l) for l in metrics.read_text().splitlines()[logged_before:]]
-  assert [r["step"] for r in resumed_rows if "loss" in r] == \
-      [s for s in (10, 20, 30, 40) if s > saved[-1]], resumed_rows
-  a, b = _params(full / "model", mesh), _params(killed / "model", mesh)
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b) > 0
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(x, y)
-  # ... and training changed them (the comparison is not between two initialisations)
-  c = load_config_file(f"{ROOT}/configs/dpo.py:toy")
-  init = dpo.common.policy_model(c, mesh, dpo.common.tokenizer(c))
-  leaves_init = jax.tree.leaves(jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(init))))
-  assert any(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_init))
+# Exact resume after SIGKILL: tests/test_resume.py (shared with SFT and RM).

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 
 from rlaif_jax.config import ConfigError, model_config
 from rlaif_jax.mesh import global_batch

@@ -16,7 +16,6 @@ A learner supplies a model and a loss; `Trainer` owns everything else:
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import time

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Callable
+
 
 import jax
 import ml_dtypes
