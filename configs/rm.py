@@ -1,12 +1,15 @@
 """Reward-model stage. Variants:
 
-  toy   – a tiny RM learns to prefer right answers over corrupted ones in the
-          toy tasks (from scratch, or from the toy SFT with
-          --config.model.checkpoint=<sft workdir>/model).
-  tldr  – the paper's summarization RM on AI labels (JSONL of pairs written by
-          the label stage, with soft labels), initialised from the SFT policy.
+  toy          – a tiny RM learns to prefer right answers over corrupted ones in
+                 the toy tasks (from scratch, or from the toy SFT with
+                 --config.model.checkpoint=<sft workdir>/model).
+  tldr         – the paper's summarization RM on AI labels, initialised from the
+                 SFT policy (Gemma-2B, TPU v4-16): --config.model.checkpoint=<sft>/model
+                 --config.data.jsonl_path=<label workdir>/labels.jsonl
+  hh_helpful   – dialogue RMs (Llama-3-8B, TPU v4-32), batch 32 as in the paper.
+  hh_harmless
 """
-from rlaif_jax.config import base_config
+from rlaif_jax.config import base_config, paper_scale
 
 
 def get_config(variant: str = "toy"):
@@ -21,15 +24,13 @@ def get_config(variant: str = "toy"):
     c.data.max_response_len = 12
     c.train.update(batch_size=32, steps=200, lr=1e-3, warmup_steps=10, log_every=25,
                    checkpoint_every=50, eval_batches=4)
-  elif variant == "tldr":
-    c.model.tokenizer = ""       # required: a local HF tokenizer directory
-    c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)
-    c.data.source = "jsonl"      # AI-labelled pairs from the label stage
-    c.data.jsonl_path = ""
-    c.data.max_prompt_len = 1024
-    c.data.max_response_len = 128
-    c.train.update(batch_size=128, steps=2000, optimizer="adafactor", lr=1e-5,
-                   warmup_steps=0, schedule="constant", checkpoint_every=200)
-  else:
-    raise ValueError(f"unknown rm variant {variant!r}: use toy or tldr")
+    return c
+  if variant not in ("tldr", "hh_helpful", "hh_harmless"):
+    raise ValueError(f"unknown rm variant {variant!r}: use toy, tldr, hh_helpful or hh_harmless")
+  paper_scale(c, variant)
+  c.data.source = "jsonl"              # AI-labelled pairs written by the label stage
+  c.data.jsonl_path = ""
+  if variant != "tldr":
+    c.train.update(batch_size=32, grad_accum=4)
+  c.train.steps = 3 * 92_900 // c.train.batch_size if variant == "tldr" else 3 * 42_000 // 32
   return c

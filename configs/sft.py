@@ -1,11 +1,19 @@
 """SFT stage. Variants:
 
-  toy   – the embedded default: a tiny Llama-style model learns three string
-          tasks (rlaif_jax/demo/toy.py) with the byte tokenizer on a CPU mesh.
-  tldr  – the paper's summarization SFT on Reddit TL;DR (point model.checkpoint
-          and model.tokenizer at a local HF directory, data at the TFDS dirs).
+  toy          – the embedded default's SFT: a tiny Llama-style model learns three
+                 string tasks (rlaif_jax/demo/toy.py), byte tokenizer, CPU mesh.
+  tldr         – the paper's summarization SFT on Reddit TL;DR: Gemma-2B policy
+                 on a TPU v4-16 (8 chips), FSDP over all chips.
+  hh_helpful   – SFT on Anthropic HH helpful-base chosen responses, Llama-3-8B on
+  hh_harmless    a v4-32 (16 chips), FSDP 8 x tensor 2 (harmless-base likewise).
+
+Real variants: point --config.model.checkpoint and --config.model.tokenizer at
+the downloaded HF directory and --config.data.manual_dir at the raw data (or
+--config.data.data_dir at prepared TFDS data, gs:// works). The paper's
+hyperparameters: Adafactor, lr 1e-5, batch 128, 1 epoch, 1024 + 128 tokens.
+Check memory first on any machine: --dry_run.
 """
-from rlaif_jax.config import base_config
+from rlaif_jax.config import base_config, paper_scale
 
 
 def get_config(variant: str = "toy"):
@@ -19,14 +27,9 @@ def get_config(variant: str = "toy"):
     c.data.max_response_len = 12
     c.train.update(batch_size=32, steps=150, lr=3e-3, warmup_steps=10, log_every=25,
                    checkpoint_every=50, eval_batches=4)
-  elif variant == "tldr":
-    c.model.tokenizer = ""       # required: a local HF tokenizer directory
-    c.model.checkpoint = ""      # required: a local HF checkpoint directory
-    c.data.source = "tldr"
-    c.data.max_prompt_len = 1024
-    c.data.max_response_len = 128
-    c.train.update(batch_size=128, steps=1000, optimizer="adafactor", lr=1e-5,
-                   warmup_steps=0, schedule="constant", checkpoint_every=200, export_hf=True)
-  else:
-    raise ValueError(f"unknown sft variant {variant!r}: use toy or tldr")
+    return c
+  if variant not in ("tldr", "hh_helpful", "hh_harmless"):
+    raise ValueError(f"unknown sft variant {variant!r}: use toy, tldr, hh_helpful or hh_harmless")
+  paper_scale(c, variant)
+  c.train.update(steps=1000, export_hf=True)     # ~1 epoch of TL;DR at batch 128
   return c

@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.model = ml_collections.ConfigDict()
-  c.model.checkpoint = ""        # HF directory to start from; "" = from scratch (model.arch)
+  c.model.checkpoint = ""        # HF directory or a stage's <workdir>/model; "" = from scratch
+  c.model.preset = ""            # from scratch / dry run: a public architecture (models/presets.py)
   c.model.tokenizer = "byte"     # "byte" or a local HF tokenizer directory
   c.model.dtype = "float32"      # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.arch = ml_collections.ConfigDict(
@@ -43,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = _data_config()
   c.data.eval_split = "valid"     # held-out split for eval metrics
   c.data.eval_jsonl_path = ""     # source == "jsonl": the held-out file ("" = no eval)
+
+  # What a realistic config is meant for; --dry_run checks memory against it.
+  c.hardware = ml_collections.ConfigDict(dict(name="", chips=0, memory_gib_per_chip=0.0))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16        # global, across all devices and hosts
@@ -68,6 +72,31 @@ def base_config() -> ml_collections.ConfigDict:
 def _data_config() -> ml_collections.ConfigDict:
   from rlaif_jax.data.config import data_config
   return data_config()
+
+
+def paper_scale(c, variant: str) -> None:
+  """Model, hardware, data and the paper's optimizer for the real-size variants
+  of the three tasks: "tldr" (Gemma-2B on a TPU v4-16), "hh_helpful" and
+  "hh_harmless" (Llama-3-8B on a TPU v4-32). Shared by the stage configs."""
+  c.model.tokenizer = ""          # required: a local HF tokenizer directory
+  c.model.checkpoint = ""         # required: a local HF checkpoint directory
+  c.model.dtype = "bfloat16"
+  if variant == "tldr":
+    c.model.preset = "gemma-2b"
+    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.data.source = "tldr"
+  else:
+    c.model.preset = "llama-3-8b"
+    c.hardware.update(name="TPU v4-32", chips=16, memory_gib_per_chip=32.0)
+    c.mesh.update(data=1, fsdp=-1, tensor=2)
+    c.data.source = "anthropic_hh"
+    c.data.hh_subset = "helpful-base" if variant == "hh_helpful" else "harmless-base"
+  c.data.max_prompt_len = 1024
+  c.data.max_response_len = 128
+  c.train.update(batch_size=128, optimizer="adafactor", lr=1e-5, warmup_steps=0,
+                 schedule="constant", checkpoint_every=200, log_every=10,
+                 grad_accum=8 if variant == "tldr" else 16)
 
 
 # ------------------------------------------------------------ validation
@@ -99,13 +128,13 @@ def validate(config, n_devices: int) -> None:
   for name in ("max_prompt_len", "max_response_len"):
     if name in d and d[name] <= 0:
       raise ConfigError(f"data.{name}={d[name]} must be positive")
-  if "max_prompt_len" in d and "max_response_len" in d and not config.model.checkpoint:
+  if (not config.model.checkpoint and not config.model.get("preset")):
     total = d.max_prompt_len + d.max_response_len
     if total > config.model.arch.max_seq_len:
       raise ConfigError(
           f"data.max_prompt_len + data.max_response_len = {total} exceeds "
           f"model.arch.max_seq_len={config.model.arch.max_seq_len}; shorten them or raise max_seq_len")
-  if not config.model.checkpoint:
+  if not config.model.checkpoint and not config.model.get("preset"):
     a = config.model.arch
     if a.n_heads % a.n_kv_heads:
       raise ConfigError(f"model.arch.n_heads={a.n_heads} is not a multiple of "
@@ -115,7 +144,10 @@ def validate(config, n_devices: int) -> None:
 
 
 def model_config(config, **overrides) -> ModelConfig:
-  """ModelConfig for a from-scratch model (`model.arch`)."""
+  """ModelConfig for a from-scratch model (`model.preset` if set, else `model.arch`)."""
+  if config.model.get("preset"):
+    from rlaif_jax.models.presets import preset
+    return preset(config.model.preset, dtype=config.model.dtype, **overrides)
   return ModelConfig(**config.model.arch.to_dict(), dtype=config.model.dtype, **overrides)
 
 

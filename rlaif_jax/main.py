@@ -24,6 +24,9 @@ def define_flags():
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)")
   flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)")
   flags.DEFINE_integer("process_id", None, "this process's id (multi-process)")
+  flags.DEFINE_bool("dry_run", False, "build the mesh for config.hardware, abstract-evaluate "
+                    "the models and print parameters, per-device memory and shardings; "
+                    "allocates nothing")
 
 
 # stage -> module with `run(config, workdir, mesh) -> dict`
@@ -38,7 +41,7 @@ STAGES = {
 }
 
 
-def run_stage(config, workdir: str) -> dict:
+def run_stage(config, workdir: str, dry_run: bool = False) -> dict:
   import importlib
 
   import jax
@@ -48,6 +51,13 @@ def run_stage(config, workdir: str) -> dict:
 
   if config.stage not in STAGES:
     raise cfglib.ConfigError(f"stage={config.stage!r}: known stages are {sorted(STAGES)}")
+  if dry_run:
+    from rlaif_jax import dryrun
+    n = config.hardware.chips or jax.device_count()
+    cfglib.validate(config, n)
+    est = dryrun.report(config, n)
+    return {"total_gib_per_device": est["total_bytes_per_device"] / 2**30,
+            "fits": est["fits"] if est["fits"] is not None else "no budget set"}
   cfglib.validate(config, jax.device_count())
   mesh = make_mesh(config.mesh)
   logging.info("stage %s on mesh %s", config.stage, cfglib.describe_mesh(tuple(mesh.shape.values())))
@@ -73,13 +83,13 @@ def main(argv=None) -> int:
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  if not flags.FLAGS.workdir:
+  if not flags.FLAGS.workdir and not flags.FLAGS.dry_run:
     sys.exit("error: --workdir is required (checkpoints, metrics and artifacts go there)")
   from rlaif_jax.mesh import maybe_initialize_distributed
   maybe_initialize_distributed(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                                flags.FLAGS.process_id)
   try:
-    result = run_stage(flags.FLAGS.config, flags.FLAGS.workdir)
+    result = run_stage(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.dry_run)
   except cfglib.ConfigError as e:
     sys.exit(f"error: {e}")
   print(json.dumps({k: v for k, v in (result or {}).items()

@@ -19,7 +19,8 @@ def tokenizer(config):
 def scratch_model_config(config, tok):
   """`model.arch` with the tokenizer's special ids; vocab 0 = the tokenizer's
   size rounded up to a multiple of 64 (so it shards evenly)."""
-  vocab = config.model.arch.vocab_size or -(-len(tok) // 64) * 64
+  vocab = (model_config(config).vocab_size if config.model.get("preset")
+           else config.model.arch.vocab_size) or -(-len(tok) // 64) * 64
   if vocab < len(tok):
     raise ConfigError(f"model.arch.vocab_size={vocab} is smaller than the tokenizer's "
                       f"{len(tok)} tokens; set it to 0 (automatic) or >= {len(tok)}")
