@@ -1,0 +1,80 @@
+"""Launching at scale: dry runs of the paper-scale configs, and the pod launcher's commands."""
+import pathlib
+import shlex
+import subprocess
+
+import pytest
+
+from rlaif_jax import config as cfglib
+from rlaif_jax import dryrun
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REAL = [("sft.py", v) for v in ("tldr", "hh_helpful", "hh_harmless")] + \
+       [("rm.py", v) for v in ("tldr", "hh_helpful", "hh_harmless")]
+
+
+@pytest.mark.parametrize("path,variant", REAL)
+def test_paper_scale_configs_fit_their_hardware(path, variant, capsys):
+  c = cfglib.load_config_file(f"{ROOT / 'configs' / path}:{variant}")
+  assert c.hardware.chips > 8 - 1 and c.hardware.memory_gib_per_chip > 0
+  cfglib.validate(c, c.hardware.chips)
+  est = dryrun.report(c, c.hardware.chips)
+  assert est["fits"], est["bytes_per_device"]
+  printed = capsys.readouterr().out
+  assert "per device: total" in printed and "layers/0/attn/q" in printed
+  # the parameter count is the public one for the preset architecture (a reward
+  # model drops Llama's untied LM head, 128256 x 4096, and adds a d+1 head)
+  n = next(iter(est["models"].values()))["params"]
+  public = {"gemma-2b": 2.506e9, "llama-3-8b": 8.030e9}[c.model.preset]
+  if c.stage == "rm" and c.model.preset == "llama-3-8b":
+    public -= 128256 * 4096
+  assert n == pytest.approx(public, rel=1e-3)
+
+
+def test_dry_run_memory_matches_hand_count_for_params():
+  """Params/grads per device equal a hand count: every weight split over the
+  mesh axes its rule names (Llama-3-8B, fsdp=8, tensor=2)."""
+  c = cfglib.load_config_file(f"{ROOT / 'configs' / 'sft.py'}:hh_helpful")
+  est = dryrun.estimate(c, 16)
+  d, f, v, L = 4096, 14336, 128256, 32
+  q, kv = 32 * 128, 8 * 128
+  per_layer = (d * q + 2 * d * kv + q * d + 3 * d * f) / 16 + 2 * d     # norms replicated
+  expected = 4 * (L * per_layer + 2 * v * d / 16 + d)
+  assert est["bytes_per_device"]["params"] == pytest.approx(expected, rel=1e-9)
+  assert est["bytes_per_device"]["grads"] == est["bytes_per_device"]["params"]
+
+
+def test_tpu_pod_dry_run_prints_gcloud_commands_for_all_workers():
+  def dry(*args):
+    out = subprocess.run([str(ROOT / "launch" / "tpu_pod.sh"), "--name", "rlaif-pod", "--zone",
+                          "us-central2-b", "--project", "my-proj", "--type", "v4-32", "--dry_run",
+                          *args], capture_output=True, text=True, check=True)
+    return [shlex.split(line) for line in out.stdout.strip().splitlines()]
+  (create,) = dry("up")
+  assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+  assert {"rlaif-pod", "--zone=us-central2-b", "--project=my-proj", "--accelerator-type=v4-32"} <= set(create)
+  cmds = dry("run", "--", "--config=configs/sft.py:tldr", "--workdir=gs://b/run 1",
+             "--config.train.lr=1e-5")
+  (ssh,) = cmds
+  assert ssh[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in ssh
+  remote = next(a for a in ssh if a.startswith("--command="))[len("--command="):]
+  # what each worker's shell will run: the same command, arguments intact
+  assert shlex.split(remote) == ["cd", "~/rlaif_jax", "&&", "RLAIF_JAX_DISTRIBUTED=1", "python",
+                                 "-m", "rlaif_jax.main", "--config=configs/sft.py:tldr",
+                                 "--workdir=gs://b/run 1", "--config.train.lr=1e-5"]
+  install = dry("install")
+  assert install[1][4] == "scp" and "--worker=all" in install[1]
+  assert "--worker=all" in install[2] and "pip install -q -e '.[tpu]'" in install[2][-1]
+  (delete,) = dry("down")
+  assert delete[4] == "delete" and "--quiet" in delete
+
+
+def test_local_launcher_dry_run_lists_every_process():
+  out = subprocess.run([str(ROOT / "launch" / "local.sh"), "-n", "3", "-d", "2", "--dry_run", "--",
+                        "--config=configs/sft.py:toy", "--workdir=/tmp/w"],
+                       capture_output=True, text=True, check=True).stdout.strip().splitlines()
+  assert len(out) == 3
+  for i, line in enumerate(out):
+    argv = shlex.split(line)
+    assert f"--process_id={i}" in argv and "--num_processes=3" in argv
+    assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in argv
