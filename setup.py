@@ -35,6 +35,7 @@ setuptools.setup(
         # torch only as the independent reference in parity tests; pinned to the
         # CPU wheel these machines carry (any other version downloads GBs).
         "test": ["pytest>=8", "torch==2.13.0"],
-        "tpu": ["jax[tpu]>=0.10.2"],
+        # gs:// workdirs: etils.epath through gcsfs, TensorBoard events through GCS.
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
     },
 )

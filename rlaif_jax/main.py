@@ -47,6 +47,7 @@ def run_stage(config, workdir: str, dry_run: bool = False) -> dict:
   import jax
 
   from rlaif_jax import config as cfglib
+  from rlaif_jax import paths
   from rlaif_jax.mesh import make_mesh
 
   if config.stage not in STAGES:
@@ -61,10 +62,10 @@ def run_stage(config, workdir: str, dry_run: bool = False) -> dict:
   cfglib.validate(config, jax.device_count())
   mesh = make_mesh(config.mesh)
   logging.info("stage %s on mesh %s", config.stage, cfglib.describe_mesh(tuple(mesh.shape.values())))
-  os.makedirs(workdir, exist_ok=True)
+  root = paths.path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (root / f"config_{config.stage}.json").write_text(config.to_json_best_effort(indent=2))
   return importlib.import_module(STAGES[config.stage]).run(config, workdir, mesh)
 
 

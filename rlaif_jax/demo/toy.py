@@ -15,6 +15,8 @@ import json
 import os
 import random
 
+from rlaif_jax import paths
+
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -58,25 +60,24 @@ def pairs(n: int, seed: int, soft: float = 1.0) -> list[dict]:
   return out
 
 
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-  if os.path.exists(path):
+def _write_jsonl(path, rows: list[dict]) -> None:
+  if path.exists():
     return
   # Every process writes the same bytes; a private temp name + atomic rename
   # makes concurrent writers on a shared workdir safe.
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+  tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
+  tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+  tmp.rename(path)
 
 
 def write(directory: str, kind: str = "sft", n_train: int = 2000, n_valid: int = 200,
           seed: int = 0) -> dict:
   """Writes {kind}_train.jsonl / {kind}_valid.jsonl (idempotent); returns {split: path}."""
-  os.makedirs(directory, exist_ok=True)
+  root = paths.path(directory)
+  root.mkdir(parents=True, exist_ok=True)
   make = {"sft": examples, "pairs": pairs}[kind]
-  paths = {}
+  out = {}
   for split, n, s in (("train", n_train, seed), ("valid", n_valid, seed + 1)):
-    paths[split] = os.path.join(directory, f"{kind}_{split}.jsonl")
-    _write_jsonl(paths[split], make(n, s))
-  return paths
+    _write_jsonl(root / f"{kind}_{split}.jsonl", make(n, s))
+    out[split] = os.fspath(root / f"{kind}_{split}.jsonl")
+  return out

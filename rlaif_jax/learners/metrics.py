@@ -11,18 +11,20 @@ import time
 import jax
 import numpy as np
 
+from rlaif_jax import paths
+
 
 class MetricsWriter:
   def __init__(self, workdir: str, name: str = "train"):
     self.enabled = jax.process_index() == 0
-    self.dir = os.path.join(workdir, "metrics")
+    self.dir = paths.path(workdir) / "metrics"
     self._tb = None
     self._jsonl = None
     if self.enabled:
-      os.makedirs(self.dir, exist_ok=True)
+      self.dir.mkdir(parents=True, exist_ok=True)
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(self.dir, name))
-      self._jsonl = open(os.path.join(self.dir, f"{name}.jsonl"), "a", encoding="utf-8")
+      self._tb = SummaryWriter(os.fspath(self.dir / name))
+      self._jsonl = (self.dir / f"{name}.jsonl").open("a")
 
   def write(self, step: int, scalars: dict, texts: dict | None = None) -> None:
     if not self.enabled:
@@ -45,5 +47,5 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
+  with paths.path(path).open() as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -30,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from rlaif_jax import paths
 from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.mesh import batch_sharding, global_batch
 
@@ -118,8 +118,7 @@ class Trainer:
     self.state = {"params": params, "opt_state": opt_state,
                   "step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "rng": rng}
     self._step_fn = None
-    ckpt_dir = os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir,
-                            "checkpoints")
+    ckpt_dir = paths.path(workdir) / "checkpoints"
     self.ckpt = ocp.CheckpointManager(
         ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
                                  "data": ocp.JsonCheckpointHandler()},

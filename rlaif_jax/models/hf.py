@@ -188,10 +188,6 @@ def export_hf(model: Transformer, out_dir: str, tokenizer=None,
 
   Every process gathers the tensors (collective); process 0 writes them.
   """
-  import transformers
-  from huggingface_hub import split_state_dict_into_shards_factory
-  from safetensors.numpy import save_file
-
   if isinstance(model, ScalarModel):
     raise TypeError("export_hf takes a causal LM (Transformer); a ScalarModel has no LM head")
   cfg = model.cfg
@@ -202,6 +198,24 @@ def export_hf(model: Transformer, out_dir: str, tokenizer=None,
     tensors[name] = np.ascontiguousarray(to_hf(_to_host(var[...])).astype(dtype))
   if jax.process_index() != 0:
     return
+  if "://" in out_dir:      # e.g. gs://: write locally, then copy through epath
+    import tempfile
+    from etils import epath
+    with tempfile.TemporaryDirectory() as tmp:
+      _write_hf_dir(cfg, tensors, tmp, tokenizer, max_shard_bytes)
+      dst = epath.Path(out_dir)
+      dst.mkdir(parents=True, exist_ok=True)
+      for f in epath.Path(tmp).iterdir():
+        f.copy(dst / f.name, overwrite=True)
+    return
+  _write_hf_dir(cfg, tensors, out_dir, tokenizer, max_shard_bytes)
+
+
+def _write_hf_dir(cfg, tensors, out_dir, tokenizer, max_shard_bytes) -> None:
+  import transformers
+  from huggingface_hub import split_state_dict_into_shards_factory
+  from safetensors.numpy import save_file
+
   os.makedirs(out_dir, exist_ok=True)
   hf_cfg = cfg.to_hf()
   transformers.AutoConfig.for_model(**hf_cfg).save_pretrained(out_dir)

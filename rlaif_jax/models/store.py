@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from rlaif_jax import paths
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.sharding import abstract_model, init_sharded, state_shardings
 from rlaif_jax.models.transformer import ScalarModel, Transformer
@@ -34,20 +34,18 @@ def model_cfg_of(model: nnx.Module) -> ModelConfig:
 
 def save(model: nnx.Module, path: str) -> None:
   """Writes the model's params and config (collective on multi-host)."""
-  path = os.path.abspath(path) if "://" not in path else path
+  root = paths.path(path)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, "params"), params, force=True)
+    ckptr.save(root / "params", params, force=True)
     ckptr.wait_until_finished()
   if jax.process_index() == 0:
     meta = {"kind": kind_of(model), "model": dataclasses.asdict(model_cfg_of(model))}
-    with open(os.path.join(path, "model_config.json"), "w") as f:
-      json.dump(meta, f, indent=2)
+    (root / "model_config.json").write_text(json.dumps(meta, indent=2))
 
 
 def read_meta(path: str) -> dict:
-  with open(os.path.join(path, "model_config.json")) as f:
-    return json.load(f)
+  return json.loads((paths.path(path) / "model_config.json").read_text())
 
 
 def _restore_into(path: str, abstract: nnx.State, mesh) -> dict:
@@ -56,7 +54,7 @@ def _restore_into(path: str, abstract: nnx.State, mesh) -> dict:
       lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh),
       nnx.to_pure_dict(abstract), shardings)
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(os.path.join(os.path.abspath(path), "params"), target)
+    return ckptr.restore(paths.path(path) / "params", target)
 
 
 def load(path: str, mesh, kind: str | None = None, seed: int = 0, **cfg_overrides):
@@ -80,7 +78,7 @@ def load(path: str, mesh, kind: str | None = None, seed: int = 0, **cfg_override
 
 def load_any(path: str, mesh, kind: str = "lm", seed: int = 0, **cfg_overrides):
   """Our model directory or a Hugging Face one."""
-  if os.path.exists(os.path.join(path, "model_config.json")):
+  if (paths.path(path) / "model_config.json").exists():
     return load(path, mesh, kind, seed, **cfg_overrides)
   from rlaif_jax.models.hf import load_hf
   return load_hf(path, mesh, kind=kind, seed=seed, **cfg_overrides)[0]
