@@ -59,8 +59,8 @@ def _cached(graphdef, g, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_m
     return jnp.pad(x, pad)
   cache = jax.tree.map(widen, prefix)
   n_ctx = jnp.sum(ctx_mask, -1)
-  logits, cache = model(ctx, ctx_mask, prefix_len + positions_from_mask(ctx_mask), cache, lp)
-  ctx_lp = jax.nn.log_softmax(logits[:, -1])
+  h, cache = model.hidden(ctx, ctx_mask, prefix_len + positions_from_mask(ctx_mask), cache, lp)
+  ctx_lp = jax.nn.log_softmax(model.logits(h[:, -1]))   # the vocab projection only where read
   out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (b, query.shape[0])))}
   if g == 0:
     return out
@@ -84,22 +84,23 @@ def _tail_outputs(first_lp, tail_lp, tail, tail_mask, query, g):
           "tail_query": tail_query.reshape(-1, g, query.shape[0])}
 
 
-def _uncached(graphdef, g, params, tokens, mask, ctx_end, query):
+def _uncached(graphdef, g, tail_width, params, tokens, mask, ctx_end, query):
   """Whole sequences (rows b*G + g, right-padded); ctx_end = index of the last context token."""
   model = nnx.merge(graphdef, params)
-  logits, _ = model(tokens, mask)
-  lp = jax.nn.log_softmax(logits)
+  h, _ = model.hidden(tokens, mask)
   rows = tokens.shape[0]
-  ctx_lp = lp[jnp.arange(rows), ctx_end]
+  ctx_lp = jax.nn.log_softmax(model.logits(h[jnp.arange(rows), ctx_end]))
   out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (rows, query.shape[0])))[::max(g, 1)]}
   if g == 0:
     return out
-  # re-index the tail region so the shared helper reads it: tail k at ctx_end + 1 + k
+  # re-index the tail region so the shared helper reads it: tail k at ctx_end + 1 + k;
+  # the vocab projection runs only there, as in the cached path
   t = tokens.shape[1]
-  idx = jnp.minimum(ctx_end[:, None] + 1 + jnp.arange(t)[None], t - 1)
+  span = jnp.arange(tail_width)[None]
+  idx = jnp.minimum(ctx_end[:, None] + 1 + span, t - 1)
   tail = jnp.take_along_axis(tokens, idx, 1)
-  tail_mask = jnp.take_along_axis(mask, idx, 1) & (ctx_end[:, None] + 1 + jnp.arange(t) < t)
-  tail_lp = jnp.take_along_axis(lp, idx[..., None], 1)
+  tail_mask = jnp.take_along_axis(mask, idx, 1) & (ctx_end[:, None] + 1 + span < t)
+  tail_lp = jax.nn.log_softmax(model.logits(jnp.take_along_axis(h, idx[..., None], 1)))
   return out | _tail_outputs(ctx_lp, tail_lp, tail, tail_mask, query, g)
 
 
@@ -111,7 +112,7 @@ def _prefill(graphdef, params, ids, mask):
 
 # Module-level jits: engines over same-shaped models share compiled programs.
 _cached = jax.jit(_cached, static_argnums=(0, 1))
-_uncached = jax.jit(_uncached, static_argnums=(0, 1))
+_uncached = jax.jit(_uncached, static_argnums=(0, 1, 2))
 _prefill = jax.jit(_prefill, static_argnums=(0,))
 
 
@@ -209,7 +210,8 @@ class ScoringEngine:
       for i, x in enumerate(seqs):
         tok[i, :len(x)], mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
-        res = _uncached(self.graphdef, g, self.params, put_rows(tok, self.mesh),
+        tail_width = _round(max(len(x) for row in tails for x in row), self.bucket) if g else 1
+        res = _uncached(self.graphdef, g, tail_width, self.params, put_rows(tok, self.mesh),
                         put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32), self.mesh),
                         q)
     return {k: _host(v) for k, v in res.items()}
