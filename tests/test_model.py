@@ -101,3 +101,16 @@ def test_rules_table_drops_axes_that_do_not_divide():
   assert logical_to_spec(("batch", None), mesh, (8, 3)) == jax.sharding.PartitionSpec(("data", "fsdp"), None)
   with pytest.raises(KeyError, match="no rule"):
     logical_to_spec(("nonsense",))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_tracks_float32(mesh):
+  f32 = init_sharded(lambda r: Transformer(CFG, r), mesh, seed=3)
+  bf16 = init_sharded(lambda r: Transformer(CFG.replace(dtype="bfloat16"), r), mesh, seed=3)
+  assert bf16.layers[0].mlp.up[...].dtype == jnp.float32
+  rng = np.random.default_rng(0)
+  toks, mask = rng.integers(1, 96, (4, 10)), np.ones((4, 10), bool)
+  with jax.set_mesh(mesh):
+    a, _ = nnx.jit(lambda m, t, k: m(t, k))(f32, toks, mask)
+    b, _ = nnx.jit(lambda m, t, k: m(t, k))(bf16, toks, mask)
+  assert b.dtype == jnp.float32                    # logits come back in float32
+  assert 0 < float(jnp.max(jnp.abs(a - b))) < 5e-2  # computed in bf16, close to f32
