@@ -1,0 +1,191 @@
+"""The demo world: a synthetic summarization task whose hidden oracle plays the human.
+
+No pretrained LLM or human rater can be downloaded here, so the demo world
+supplies both, small enough for a 2-core CPU and exact enough to measure:
+
+Posts (about 15–35 words) come from a small grammar. Each carries four KEY FACTS –
+who did it, what they did, to which thing, and what the author asks – among
+distractor sentences that may mention other people and things:
+
+    ok so my roommate borrowed my guitar last week . it came back with a crack .
+    my cousin thinks i am overreacting . should i demand a refund ?
+    key facts: who=roommate deed=borrowed thing=guitar ask=refund
+
+Reference summaries play the Reddit TL;DRs the SFT policy imitates: written by
+"users" of mixed care, they miss facts, pad with feelings and times, and now and
+then get a fact wrong.
+
+The ORACLE plays the human rater. With a summary's words w (split on spaces),
+covered = the key-fact words in w, invented = the world's fact words (people,
+deeds, things, asks) in w that the post never mentions,
+
+    quality(post, y) = |covered| − 2·|invented| − 0.1·|w|
+
+(cover the facts, invent none, be concise), and a rater prefers a over b with
+the Bradley–Terry probability
+
+    P(a ≻ b) = σ((quality(a) − quality(b)) / τ),   τ = 0.5,
+
+so two summaries a fact apart are ranked the same way by 88% of raters: rater
+disagreement is the label noise. Only the world's setup (the labeler's
+pre-training), the RLHF baseline and the evaluation may call the oracle;
+nothing on the RLAIF path does.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+
+from rlaif_jax.data.formats import TLDR_CUE
+
+WHO = ("roommate", "boss", "sister", "neighbor", "landlord", "coworker", "brother",
+       "girlfriend", "teacher", "cousin", "uncle", "boyfriend")
+DEED = ("broke", "borrowed", "lost", "sold", "stole", "damaged", "hid", "ruined")
+THING = ("car", "phone", "laptop", "bike", "couch", "guitar", "camera", "keys", "jacket",
+         "watch", "tv", "ring")
+# ask keyword -> the author's question
+ASK = {"refund": "should i demand a refund", "police": "should i call the police",
+       "lawyer": "should i get a lawyer", "apology": "should i ask for an apology",
+       "forgive": "should i just forgive them", "move": "should i move out"}
+FACT_WORDS = frozenset(WHO) | frozenset(DEED) | frozenset(THING) | frozenset(ASK)
+
+_WHEN = ("last week", "yesterday", "two days ago", "on friday", "this morning", "last month")
+_OPENERS = ("so", "ok so", "throwaway but", "long story short", "")
+_FEELING = ("upset", "angry", "confused", "hurt", "annoyed", "sad", "stressed")
+_FOOD = ("pizza", "tacos", "soup", "noodles", "salad")
+_AFTER = ("it came back with a crack .", "now it does not work at all .",
+          "i only found out when i got home .", "they did not even say sorry .",
+          "it was a gift from my dad .", "i saved for months to buy it .")
+_FILLERS = ("i feel really {feeling} about it .", "we have known each other for {n} years .",
+            "the weather has been awful all week .", "i had {food} for dinner that night .",
+            "my {other} thinks i am overreacting .", "i do not want to make things weird .",
+            "my {other} has a {thing2} just like it .", "i am still {feeling} today .")
+
+TAU = 0.5            # rater temperature of the Bradley–Terry preference
+INVENT_COST = 2.0
+WORD_COST = 0.1
+
+_KEY = re.compile(r"\bmy (\w+) (\w+) my (\w+)\b")
+
+
+def make_post(rng: random.Random) -> tuple[str, dict]:
+  """(post text, key facts) from the grammar; deterministic given `rng`'s state."""
+  facts = {"who": rng.choice(WHO), "deed": rng.choice(DEED), "thing": rng.choice(THING),
+           "ask": rng.choice(sorted(ASK))}
+  others = [w for w in WHO if w != facts["who"]]
+  things = [t for t in THING if t != facts["thing"]]
+  opener = rng.choice(_OPENERS)
+  key = f"{opener} my {facts['who']} {facts['deed']} my {facts['thing']} {rng.choice(_WHEN)} ."
+  body = [key.strip()] + ([rng.choice(_AFTER)] if rng.random() < 0.4 else [])
+  n_head = len(body)
+  for tmpl in rng.sample(_FILLERS, rng.randint(1, 2) if rng.random() < 0.3 else 1):
+    body.append(tmpl.format(feeling=rng.choice(_FEELING), n=rng.randint(2, 9),
+                            food=rng.choice(_FOOD), other=rng.choice(others),
+                            thing2=rng.choice(things)))
+  tail = body[n_head:]
+  rng.shuffle(tail)
+  body = body[:n_head] + tail
+  body.append(ASK[facts["ask"]] + " ?")
+  return " ".join(body), facts
+
+
+def post_of(prompt: str) -> str:
+  """The post inside a policy prompt (the TL;DR cue removed)."""
+  text = prompt.strip()
+  cue = TLDR_CUE.strip()
+  return text[:-len(cue)].strip() if text.endswith(cue) else text
+
+
+def facts_of(post: str) -> dict:
+  """Key facts parsed back from a post's text: the grammar makes this exact."""
+  post = post_of(post)
+  for m in _KEY.finditer(post):
+    who, deed, thing = m.groups()
+    if who in WHO and deed in DEED and thing in THING:
+      asks = [k for k, q in ASK.items() if q in post]
+      if len(asks) != 1:
+        break
+      return {"who": who, "deed": deed, "thing": thing, "ask": asks[0]}
+  raise ValueError(f"not a demo-world post: {post[:60]!r}")
+
+
+def prompt_of(post: str) -> str:
+  """The policy's prompt: the post and the TL;DR cue (as in Reddit TL;DR)."""
+  return post + TLDR_CUE
+
+
+# ------------------------------------------------------------------ summaries
+
+def summary_from(facts: dict, rng: random.Random, keep: dict, invent: dict,
+                 pads: int, post_words=frozenset()) -> str:
+  """A summary keeping the facts in `keep`, replacing those in `invent` by a fact
+  word the post does not mention, and padded with `pads` extra clauses."""
+  def value(slot, pool):
+    if invent.get(slot):
+      return rng.choice([w for w in pool if w not in post_words and w != facts[slot]])
+    return facts[slot]
+  who = value("who", WHO) if keep.get("who", True) or invent.get("who") else "someone"
+  deed = value("deed", DEED) if keep.get("deed", True) or invent.get("deed") else "took"
+  thing = value("thing", THING) if keep.get("thing", True) or invent.get("thing") else "stuff"
+  core = f"{'my ' if who != 'someone' else ''}{who} {deed} my {thing}"
+  clauses = [core]
+  if keep.get("ask", True) or invent.get("ask"):
+    ask = value("ask", sorted(ASK))
+    clauses.append(rng.choice((ASK[ask] + " ?", ask + " ?")))
+  for _ in range(pads):
+    clauses.insert(rng.randint(1, len(clauses)), rng.choice(
+        (f"i am {rng.choice(_FEELING)}", f"it happened {rng.choice(_WHEN)}",
+         "long story", "not sure what to do", "we are friends")))
+  text = " , ".join(clauses)
+  return text if text.endswith("?") else text + " ."
+
+
+def reference_summary(post: str, rng: random.Random) -> str:
+  """A Reddit-style TL;DR: usually right, often incomplete or padded, rarely wrong."""
+  facts, words = facts_of(post), frozenset(post.split())
+  keep = {s: rng.random() < p for s, p in
+          (("who", 0.8), ("deed", 0.85), ("thing", 0.8), ("ask", 0.6))}
+  invent = {s: rng.random() < 0.06 for s in ("who", "thing", "ask")}
+  return summary_from(facts, rng, keep, invent, rng.choice((0, 0, 1, 1, 2)), words)
+
+
+def random_summary(post: str, rng: random.Random) -> str:
+  """Summaries of every quality (for the labeler's pre-training and tests)."""
+  facts, words = facts_of(post), frozenset(post.split())
+  keep = {s: rng.random() < rng.choice((0.3, 0.7, 0.95)) for s in facts}
+  invent = {s: rng.random() < 0.2 for s in ("who", "deed", "thing", "ask")}
+  return summary_from(facts, rng, keep, invent, rng.choice((0, 0, 1, 1, 2)), words)
+
+
+# ------------------------------------------------------------------ the oracle
+
+class Oracle:
+  """The hidden human rater of the demo world (see the module docstring)."""
+
+  tau = TAU
+
+  def quality(self, post: str, summary: str) -> float:
+    post = post_of(post)
+    facts, post_words = facts_of(post), set(post.split())
+    words = summary.split()
+    covered = set(facts.values()) & set(words)
+    invented = {w for w in words if w in FACT_WORDS and w not in post_words}
+    return len(covered) - INVENT_COST * len(invented) - WORD_COST * len(words)
+
+  def preference(self, post: str, a: str, b: str) -> float:
+    """P(a ≻ b) = σ((quality(a) − quality(b)) / τ): the share of raters preferring a."""
+    d = (self.quality(post, a) - self.quality(post, b)) / self.tau
+    return 1.0 / (1.0 + math.exp(-max(min(d, 50.0), -50.0)))
+
+  def label(self, post: str, a: str, b: str, rng: random.Random) -> float:
+    """One rater's vote, 1.0 (a) or 0.0 (b): noisy like real raters."""
+    return float(rng.random() < self.preference(post, a, b))
+
+  def rating(self, post: str, summary: str) -> int:
+    """A 1–10 rating (the direct-scoring question): clip(round(2·quality + 2), 1, 10)."""
+    return int(min(10, max(1, round(2 * self.quality(post, summary) + 2))))
+
+  def reward_fn(self, prompts, responses) -> list[float]:
+    """Quality as a text reward (for tests and sanity runs; never on the RLAIF path)."""
+    return [self.quality(p, r) for p, r in zip(prompts, responses)]

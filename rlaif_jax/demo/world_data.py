@@ -1,0 +1,128 @@
+"""The demo world's files: what a real run would bring as data, written into a workdir.
+
+    <dir>/tokenizer/             the world's tokenizer (HF directory)
+    <dir>/sft_{train,valid}.jsonl     {prompt, response}: posts and Reddit-style TL;DRs
+    <dir>/prompts_train.jsonl         {prompt}: RL rollout posts
+    <dir>/eval.jsonl                  {prompt, response}: held-out posts + their TL;DRs
+    <dir>/labeler_{train,valid}.jsonl {prompt, response}: the labeler's pre-training
+
+Posts of different files come from disjoint seeds. The labeler's pre-training
+set stands in for the instruction tuning an off-the-shelf LLM brings along: it
+teaches a small LM to answer the labeler's own prompts – the pairwise question
+("Preferred Summary=" → "1"/"2", both orders equally often) and the direct 1–10 question – on posts and summaries
+the world makes up, never on the pipeline's pairs, with the expert's answer
+(the oracle's noise-free choice) as an instruction-tuned LLM's "knowledge". This is the only place the
+oracle reaches the labeler.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from rlaif_jax.demo import world, world_tokenizer
+from rlaif_jax.labeler import prompts as P
+
+# Seed offsets keep the files' posts apart.
+_SFT, _VALID, _PROMPTS, _EVAL, _LABELER = 0, 1, 2, 3, 4
+
+
+def write_jsonl(path: str, rows) -> None:
+  """Atomic (temp name + rename): a rerun or a concurrent writer sees whole files."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _posts(n: int, seed: int) -> list[str]:
+  rng = random.Random(seed)
+  return [world.make_post(rng)[0] for _ in range(n)]
+
+
+def sft_rows(n: int, seed: int) -> list[dict]:
+  rng = random.Random(seed + 7919)
+  return [{"id": f"s{seed}-{i}", "prompt": world.prompt_of(p),
+           "response": " " + world.reference_summary(p, rng)}
+          for i, p in enumerate(_posts(n, seed))]
+
+
+def pairwise_prompt(template: P.Template, post: str, first: str, second: str) -> str:
+  """The labeler's pairwise prompt text, as rlaif_jax.labeler.scorer assembles it."""
+  return (P.prefix_text(template.preamble) +
+          template.sample.format(context=post, response_1=first.strip(),
+                                 response_2=second.strip()) + template.ending)
+
+
+def direct_prompt(template: P.DirectTemplate, post: str, summary: str) -> str:
+  return (P.prefix_text(template.preamble) +
+          template.sample.format(context=post, response=summary.strip()) + template.ending)
+
+
+# The demo labeler's preambles: short, because every token of a prompt costs CPU
+# time in its pre-training; the rest of each prompt is the built-in summarization
+# template's ("Text - ...", "Summary 1 - ...", "Preferred Summary=", "SCORE: ").
+PAIR_PREAMBLE = "Which summary of the text is better ? Answer 1 or 2 ."
+DIRECT_PREAMBLE = "Rate the summary of the text from 1 to 10 ."
+
+
+def labeler_templates() -> tuple[P.Template, P.DirectTemplate]:
+  return (P.pairwise_template("summarization", "base", {"preamble": PAIR_PREAMBLE}),
+          P.direct_template("summarization", {"preamble": DIRECT_PREAMBLE}))
+
+
+def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 0.3) -> list[dict]:
+  """Labeling prompts with the oracle's answers (see the module docstring): the
+  pairwise answer is the expert's (noise-free) choice on pairs whose quality
+  differs by at least `min_gap`; the direct answer is the oracle's rating."""
+  rng = random.Random(seed + 104729)
+  oracle = world.Oracle()
+  pair_t, direct_t = labeler_templates()
+  rows = []
+  for i, post in enumerate(_posts(n, seed)):
+    if rng.random() < direct_share:
+      y = world.random_summary(post, rng) if rng.random() < 0.7 else \
+          world.reference_summary(post, rng)
+      rows.append({"id": f"l{seed}-{i}", "prompt": direct_prompt(direct_t, post, y),
+                   "response": str(oracle.rating(post, y))})
+      continue
+    a = world.random_summary(post, rng)
+    b = world.reference_summary(post, rng) if rng.random() < 0.5 else \
+        world.random_summary(post, rng)
+    gap = oracle.quality(post, a) - oracle.quality(post, b)
+    if abs(gap) < min_gap:
+      continue
+    if rng.random() < 0.5:
+      a, b, gap = b, a, -gap
+    vote = gap > 0
+    rows.append({"id": f"l{seed}-{i}", "prompt": pairwise_prompt(pair_t, post, a, b),
+                 "response": "1" if vote else "2"})
+  return rows
+
+
+def write(directory: str, *, seed: int = 0, n_sft: int = 2000, n_prompts: int = 1000,
+          n_eval: int = 128, n_labeler: int = 6000) -> dict:
+  """Writes the world's files (idempotent: existing files are kept); returns their paths."""
+  os.makedirs(directory, exist_ok=True)
+  s = seed * 10
+  files = {
+      "sft_train": lambda: sft_rows(n_sft, s + _SFT),
+      "sft_valid": lambda: sft_rows(max(n_sft // 10, 32), s + _VALID),
+      "prompts_train": lambda: [{"id": r["id"], "prompt": r["prompt"]}
+                                for r in sft_rows(n_prompts, s + _PROMPTS)],
+      "eval": lambda: sft_rows(n_eval, s + _EVAL),
+      "labeler_train": lambda: labeler_rows(n_labeler, s + _LABELER),
+      "labeler_valid": lambda: labeler_rows(max(n_labeler // 20, 64), s + _LABELER + 5),
+  }
+  paths = {"tokenizer": world_tokenizer.write(os.path.join(directory, "tokenizer"), seed)}
+  for name, make in files.items():
+    paths[name] = os.path.join(directory, f"{name}.jsonl")
+    if not os.path.exists(paths[name]):
+      write_jsonl(paths[name], make())
+  return paths
