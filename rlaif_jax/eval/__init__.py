@@ -1,0 +1,1 @@
+"""Evaluation: win rates (raw and length-controlled), harmless rate, RM accuracy, report."""

@@ -1,0 +1,72 @@
+"""Eval stage: policies answer held-out prompts, a judge compares them pairwise.
+
+    python -m rlaif_jax.main --config=configs/eval.py:tldr --workdir=$W/eval \
+        --config.eval.policies.sft=$W/sft/model --config.eval.policies.rlaif=$W/rl/model
+
+Each policy (a model directory: ours or Hugging Face) answers the first
+`eval.max_prompts` prompts of `eval.prompts_path` (JSONL with "prompt", and
+"response" = the reference output, available as the policy "reference");
+each comparison "a_vs_b" in `eval.comparisons` is judged in both orders by
+`eval.judge` (a labeler, or the demo world's oracle). Writes in the workdir
+responses.jsonl, report.json, report.md and the plots (rlaif_jax.eval.report).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from rlaif_jax.eval import judges, metrics, report as report_lib
+from rlaif_jax.learners.common import policy_model
+from rlaif_jax.models.tokenizer import load_tokenizer
+
+
+def policy_responses(config, policies: dict, prompts, references, mesh) -> dict:
+  from rlaif_jax.eval.generate import generate
+  e = config.eval
+  tok = load_tokenizer(config.model.tokenizer)
+  out = {}
+  for name, path in policies.items():
+    if name == "reference":
+      out[name] = [r.strip() for r in references]
+      continue
+    model = policy_model(config, mesh, tok, checkpoint=path)
+    out[name] = [r[0] for r in generate(
+        model, tok, mesh, prompts, max_prompt_len=config.data.max_prompt_len,
+        max_new_tokens=e.max_new_tokens or config.data.max_response_len,
+        temperature=e.temperature, batch_size=e.batch_size, seed=config.seed)]
+  return out
+
+
+def run(config, workdir: str, mesh) -> dict:
+  e = config.eval
+  with open(e.prompts_path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  rows = rows[:e.max_prompts] if e.max_prompts else rows
+  prompts = [r["prompt"] for r in rows]
+  policies = dict(e.policies.to_dict())
+  if any(r.get("response") for r in rows):
+    policies.setdefault("reference", "")
+  responses = policy_responses(config, policies, prompts, [r.get("response", "") for r in rows],
+                               mesh)
+  judge = judges.make_judge(e.judge, e.get("labeler"), config.seed)
+  quality = judge.oracle.reward_fn if isinstance(judge, judges.OracleJudge) else None
+  rep = metrics.evaluate_texts(judge, prompts, responses, list(e.comparisons),
+                               quality_fn=quality)
+  rep["judge"] = judge.name
+  if e.rm_model and e.rm_pairs_path:
+    from rlaif_jax.data.records import read_json_lines
+    tok = load_tokenizer(config.model.tokenizer)
+    from rlaif_jax.models import store
+    rm = store.load_any(e.rm_model, mesh, "scalar")
+    pairs = [v for _, v in read_json_lines(e.rm_pairs_path)]
+    rep["rm_accuracy_human"] = metrics.rm_accuracy(
+        rm, tok, mesh, pairs, max_prompt_len=config.data.max_prompt_len,
+        max_response_len=config.data.max_response_len)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "responses.jsonl"), "w", encoding="utf-8") as f:
+    for i, p in enumerate(prompts):
+      f.write(json.dumps({"prompt": p, **{k: v[i] for k, v in responses.items()}}) + "\n")
+  rep = report_lib.write_report(workdir, rep, dict(e.curves.to_dict()) if "curves" in e else None)
+  flat = {f"win_rate/{k}": v["rate"] for k, v in rep["win_rates"].items()}
+  flat.update({f"lc_win_rate/{k}": v["rate"] for k, v in rep["length_controlled"].items()})
+  return flat
