@@ -1,0 +1,260 @@
+"""The whole RLAIF experiment in one workdir, resumable stage by stage.
+
+    python -m rlaif_jax.main --config=configs/pipeline.py:demo --workdir=/tmp/rlaif
+
+Stages, each in <workdir>/<stage>/ (a finished stage leaves DONE holding its
+summary JSON and is never rerun; an unfinished one resumes from its own
+checkpoints):
+
+  world             the demo world's files: tokenizer, SFT data, prompts, eval posts
+  labeler_pretrain  a small LM learns the labeler's prompts (the world's stand-in
+                    for an off-the-shelf instruction-tuned LLM; sees the oracle)
+  sft               the policy imitates Reddit-style TL;DRs
+  sample_pairs      two SFT samples per post -> pairs; a held-out share gets one
+                    human (oracle) vote each, the training share none
+  label             AI labels for the training pairs (both orders, averaged)
+  rm_ai / rm_human  reward models on AI labels / on human (oracle) votes
+  rl_rlaif          RL against rm_ai                      (distilled RLAIF)
+  rl_rlhf           RL against rm_human                   (the RLHF baseline)
+  rl_direct         RL against the labeler's 1–10 score   (direct RLAIF)
+  dpo               DPO on the AI labels                  (no reward model)
+  eval              every policy answers held-out posts; the oracle judges
+
+Nothing on the RLAIF path (label, rm_ai, rl_rlaif, rl_direct, dpo) reads an
+oracle vote: the training pairs carry none (the alignment report and the
+RMs' held-out accuracy use the separate held-out pairs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+
+from rlaif_jax.demo import world, world_data
+
+ARM_STAGES = {"rlaif": ("rm_ai", "rl_rlaif"), "rlhf": ("rm_human", "rl_rlhf"),
+              "direct_rlaif": ("rl_direct",), "dpo": ("dpo",)}
+
+
+def _done_path(workdir, stage):
+  return os.path.join(workdir, stage, "DONE")
+
+
+def run_stage(workdir: str, stage: str, fn) -> dict:
+  """Runs `fn(stage_dir)` unless <workdir>/<stage>/DONE exists; returns the summary."""
+  done = _done_path(workdir, stage)
+  if os.path.exists(done):
+    logging.info("pipeline: %s already done, skipped", stage)
+    with open(done) as f:
+      return json.load(f)
+  stage_dir = os.path.join(workdir, stage)
+  os.makedirs(stage_dir, exist_ok=True)
+  logging.info("pipeline: %s ...", stage)
+  t0 = time.perf_counter()
+  summary = fn(stage_dir) or {}
+  summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict, list))}
+  summary["stage_seconds"] = time.perf_counter() - t0
+  tmp = done + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(tmp, done)
+  return summary
+
+
+def stage_config(config, *, stage: str, train, tokenizer: str, checkpoint: str = "", **data):
+  """A learner's config from the pipeline's: its own train settings and data files."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.stage = stage
+    c.model.tokenizer, c.model.checkpoint = tokenizer, checkpoint
+    c.train.update(train.to_dict())
+    c.data.update(data)
+  return c
+
+
+def labeler_cfg(config, paths, labeler_dir):
+  lc = config.labeler.copy_and_resolve_references()
+  with lc.unlocked():
+    lc.model.checkpoint, lc.model.tokenizer = os.path.join(labeler_dir, "model"), paths["tokenizer"]
+    lc.template.preamble = world_data.PAIR_PREAMBLE
+    lc.direct_template.preamble = world_data.DIRECT_PREAMBLE
+    del lc["max_prompt_len"]
+  return lc
+
+
+# ------------------------------------------------------------------ stages
+
+def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
+  """Two samples of the SFT policy per post. Held-out pairs get one oracle vote."""
+  from rlaif_jax.eval.generate import generate
+  from rlaif_jax.learners.common import policy_model
+  from rlaif_jax.models.tokenizer import load_tokenizer
+  w = config.world
+  tok = load_tokenizer(paths["tokenizer"])
+  model = policy_model(config, mesh, tok, checkpoint=sft_model_dir)
+  prompts = [r["prompt"] for r in world_data.read_jsonl(paths["prompts_train"])]
+  prompts = prompts[:w.n_pairs + w.heldout_pairs]
+  samples = generate(model, tok, mesh, prompts, max_prompt_len=config.data.max_prompt_len,
+                     max_new_tokens=config.data.max_response_len,
+                     temperature=w.pair_temperature, seed=config.seed, samples=2)
+  oracle, rng = world.Oracle(), random.Random(config.seed + 17)
+  rows = [{"id": f"pair-{i}", "prompt": p, "response_a": a or ".", "response_b": b or "."}
+          for i, (p, (a, b)) in enumerate(zip(prompts, samples))]
+  train, heldout = rows[:w.n_pairs], rows[w.n_pairs:]
+  for r in heldout:
+    r["human_label"] = oracle.label(r["prompt"], r["response_a"], r["response_b"], rng)
+  # The RLHF baseline's training pairs: the same pairs, one oracle vote each.
+  human = [dict(r, label=oracle.label(r["prompt"], r["response_a"], r["response_b"], rng))
+           for r in train]
+  files = {"pairs_train": train, "pairs_heldout": heldout, "pairs_human": human}
+  for name, data in files.items():
+    world_data.write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), data)
+  return {"pairs": len(train), "heldout": len(heldout)}
+
+
+def alignment_on_heldout(labeler_conf, rows, seed) -> dict:
+  """Labeler alignment with the held-out human votes (the paper's §1 metric)."""
+  from rlaif_jax.labeler.config import build_labeler
+  from rlaif_jax.labeler.report import alignment_report
+  labeler, _ = build_labeler(labeler_conf, seed=seed)
+  labels = labeler.label_pairs([r["prompt"] for r in rows], [r["response_a"] for r in rows],
+                               [r["response_b"] for r in rows])
+  rep = alignment_report([dict(r, **l) for r, l in zip(rows, labels)])
+  # After averaging, order ab gives soft label s and order ba gives 1 − s: the
+  # same position wins both only on an exact tie.
+  rep["same_position_rate_averaged"] = sum(l["soft_label"] == 0.5 for l in labels) / len(labels)
+  return rep
+
+
+def run(config, workdir: str, mesh) -> dict:
+  from rlaif_jax.labeler import stage as label_stage
+  from rlaif_jax.learners import dpo, reward, sft
+  t_start = time.perf_counter()
+  p, w = config.pipeline, config.world
+  D = lambda *parts: os.path.join(workdir, *parts)
+  arms = tuple(p.arms)
+  paths = {}
+
+  def world_stage(d):
+    paths.update(world_data.write(d, seed=config.seed, n_sft=w.n_sft, n_prompts=w.n_prompts,
+                                  n_eval=w.n_eval, n_labeler=w.n_labeler))
+    return {"files": len(paths)}
+  run_stage(workdir, "world", world_stage)
+  paths.update(world_data.write(D("world"), seed=config.seed, n_sft=w.n_sft,
+                                n_prompts=w.n_prompts, n_eval=w.n_eval, n_labeler=w.n_labeler))
+  tok = paths["tokenizer"]
+
+  def labeler_pretrain(d):
+    c = stage_config(config, stage="sft", train=p.labeler_pretrain, tokenizer=tok,
+                     jsonl_path=paths["labeler_train"], eval_jsonl_path=paths["labeler_valid"],
+                     jsonl_kind="sft", max_prompt_len=config.labeler.max_prompt_len,
+                     max_response_len=2)
+    with c.unlocked():
+      c.model.arch.update(config.labeler.model.arch.to_dict())
+    return sft.run(c, d, mesh)
+  run_stage(workdir, "labeler_pretrain", labeler_pretrain)
+  lab_conf = labeler_cfg(config, paths, D("labeler_pretrain"))
+
+  run_stage(workdir, "sft", lambda d: sft.run(stage_config(
+      config, stage="sft", train=p.sft, tokenizer=tok, jsonl_path=paths["sft_train"],
+      eval_jsonl_path=paths["sft_valid"], jsonl_kind="sft"), d, mesh))
+  sft_model = D("sft", "model")
+  run_stage(workdir, "sample_pairs", lambda d: sample_pairs(config, mesh, paths, sft_model, d))
+  pairs = {k: D("sample_pairs", f"{k}.jsonl") for k in ("pairs_train", "pairs_heldout",
+                                                        "pairs_human")}
+
+  def label(d):
+    c = stage_config(config, stage="label", train=p.sft, tokenizer=tok,
+                     jsonl_path=pairs["pairs_train"], jsonl_kind="pairs", shuffle=False)
+    with c.unlocked():
+      c.labeler = lab_conf
+    out = label_stage.run(c, d, mesh)
+    heldout = world_data.read_jsonl(pairs["pairs_heldout"])
+    out.update({f"heldout_{k}": v for k, v in alignment_on_heldout(lab_conf, heldout,
+                                                                    config.seed).items()
+                if isinstance(v, (int, float))})
+    return out
+  need_labels = bool({"rlaif", "dpo"} & set(arms))
+  labels = run_stage(workdir, "label", label) if need_labels else {}
+  ai_pairs = D("label", "labels.jsonl")
+
+  def rm(d, data_path):
+    return reward.run(stage_config(config, stage="rm", train=p.rm, tokenizer=tok,
+                                   checkpoint=sft_model, jsonl_path=data_path,
+                                   eval_jsonl_path=pairs["pairs_heldout"], jsonl_kind="pairs"),
+                      d, mesh)
+  results = {}
+  if "rlaif" in arms:
+    results["rm_ai"] = run_stage(workdir, "rm_ai", lambda d: rm(d, ai_pairs))
+  if "rlhf" in arms:
+    results["rm_human"] = run_stage(workdir, "rm_human", lambda d: rm(d, pairs["pairs_human"]))
+
+  def rl(d, **reward_settings):
+    from rlaif_jax.learners import rl as rl_learner
+    c = stage_config(config, stage="rl", train=p.rl, tokenizer=tok, checkpoint=sft_model,
+                     jsonl_path=paths["prompts_train"], jsonl_kind="prompts")
+    with c.unlocked():
+      c.rl.update(reward_settings)
+      if reward_settings.get("reward") == "labeler":
+        c.rl.labeler = lab_conf
+    return rl_learner.run(c, d, mesh)
+  policies = {"sft": sft_model}
+  if "rlaif" in arms:
+    run_stage(workdir, "rl_rlaif", lambda d: rl(d, reward="model", reward_model=D("rm_ai", "model")))
+    policies["rlaif"] = D("rl_rlaif", "model")
+  if "rlhf" in arms:
+    run_stage(workdir, "rl_rlhf",
+              lambda d: rl(d, reward="model", reward_model=D("rm_human", "model")))
+    policies["rlhf"] = D("rl_rlhf", "model")
+  if "direct_rlaif" in arms:
+    run_stage(workdir, "rl_direct", lambda d: rl(d, reward="labeler"))
+    policies["direct_rlaif"] = D("rl_direct", "model")
+  if "dpo" in arms:
+    run_stage(workdir, "dpo", lambda d: dpo.run(stage_config(
+        config, stage="dpo", train=p.dpo, tokenizer=tok, checkpoint=sft_model,
+        jsonl_path=ai_pairs, eval_jsonl_path=pairs["pairs_heldout"], jsonl_kind="pairs"),
+        d, mesh))
+    policies["dpo"] = D("dpo", "model")
+
+  def evaluate(d):
+    from rlaif_jax.eval import stage as eval_stage
+    c = stage_config(config, stage="eval", train=p.sft, tokenizer=tok)
+    with c.unlocked():
+      c.eval.prompts_path = paths["eval"]
+      c.eval.max_prompts = 0
+      c.eval.policies = policies
+      c.eval.comparisons = tuple(x for x in config.eval.comparisons
+                                 if all(s in policies or s == "reference"
+                                        for s in x.split("_vs_")))
+      c.eval.rm_model, c.eval.rm_pairs_path = "", ""
+      c.eval.curves = {a: D(s, "metrics", "rl.jsonl") for a, s in
+                       (("rlaif", "rl_rlaif"), ("rlhf", "rl_rlhf"), ("direct_rlaif", "rl_direct"))
+                       if a in policies}
+    return eval_stage.run(c, d, mesh)
+  run_stage(workdir, "eval", evaluate)
+
+  with open(D("eval", "report.json")) as f:
+    rep = json.load(f)
+  rep.update(
+      wall_seconds=time.perf_counter() - t_start,
+      labeler_alignment=labels.get("heldout_accuracy", float("nan")),
+      same_position_rate_single_order=labels.get("heldout_same_position_rate", float("nan")),
+      same_position_rate_averaged=labels.get("heldout_same_position_rate_averaged", float("nan")),
+      rm_accuracy_ai=results.get("rm_ai", {}).get("eval/accuracy_human", float("nan")),
+      rm_accuracy_human=results.get("rm_human", {}).get("eval/accuracy_human", float("nan")),
+      pending=[a for a in ARM_STAGES if a not in arms])
+  rep.pop("plots", None)
+  from rlaif_jax.eval.report import write_report
+  for name in ("win_rates.png", "training_curves.png"):
+    src = D("eval", name)
+    if os.path.exists(src):
+      import shutil
+      shutil.copy(src, D(name))
+  rep = write_report(workdir, rep, {a: D(s, "metrics", "rl.jsonl") for a, s in
+                                    (("rlaif", "rl_rlaif"), ("rlhf", "rl_rlhf"),
+                                     ("direct_rlaif", "rl_direct")) if a in policies})
+  flat = {k: v for k, v in rep.items() if isinstance(v, (int, float))}
+  flat.update({f"win_rate/{k}": v["rate"] for k, v in rep["win_rates"].items()})
+  return flat
