@@ -1,0 +1,119 @@
+"""The demo world: its grammar, its oracle on hand cases, its tokenizer, its labeler."""
+import os
+import random
+
+import numpy as np
+import pytest
+
+from rlaif_jax.demo import world, world_data, world_tokenizer
+from rlaif_jax.eval.judges import OracleJudge
+
+POST = ("ok so my roommate borrowed my guitar last week . my cousin has a camera just like it . "
+        "should i demand a refund ?")
+
+
+def test_grammar_is_deterministic_per_seed_and_facts_parse_back():
+  a = [world.make_post(random.Random(3)) for _ in range(2)]
+  assert a[0] == a[1]
+  assert world.make_post(random.Random(4)) != a[0]
+  rng = random.Random(0)
+  for _ in range(300):
+    post, facts = world.make_post(rng)
+    assert world.facts_of(post) == facts == world.facts_of(world.prompt_of(post))
+    assert 12 <= len(post.split()) <= 45
+
+
+def test_oracle_hand_cases():
+  o = world.Oracle()
+  assert world.facts_of(POST) == {"who": "roommate", "deed": "borrowed", "thing": "guitar",
+                                  "ask": "refund"}
+  full = "roommate borrowed guitar , refund ?"                 # 4 facts, 6 words
+  assert o.quality(POST, full) == pytest.approx(4 - 0.1 * 6)
+  missing = "roommate borrowed guitar ."                       # 3 facts, 4 words
+  assert o.quality(POST, missing) == pytest.approx(3 - 0.4)
+  invented = "sister borrowed guitar , refund ?"               # sister is not in the post
+  assert o.quality(POST, invented) == pytest.approx(3 - 2 - 0.6)
+  mentioned = "cousin borrowed guitar , refund ?"              # cousin is, but not a key fact
+  assert o.quality(POST, mentioned) == pytest.approx(3 - 0.6)
+  padded = full + " , i am sad , it happened last week"        # same facts, 9 more words
+  assert o.quality(POST, padded) == pytest.approx(4 - 1.5)
+  # Bradley–Terry with τ = 0.5: one fact apart (Δ = 0.8 here) -> σ(1.6)
+  assert o.preference(POST, full, missing) == pytest.approx(1 / (1 + np.exp(-1.6)))
+  assert o.preference(POST, full, missing) + o.preference(POST, missing, full) == pytest.approx(1)
+  assert o.preference(POST, full, invented) == pytest.approx(1 / (1 + np.exp(-4.0)))
+  assert o.preference(POST, full, padded) == pytest.approx(1 / (1 + np.exp(-1.8)))
+  assert o.rating(POST, full) == 9 and o.rating(POST, invented) == 2
+  votes = [o.label(POST, full, missing, random.Random(s)) for s in range(2000)]
+  assert np.mean(votes) == pytest.approx(o.preference(POST, full, missing), abs=0.03)
+
+
+def test_oracle_judge_is_order_symmetric_and_harmless_means_nothing_invented():
+  j = OracleJudge()
+  a, b = ["roommate borrowed guitar ."], ["sister borrowed guitar ."]
+  assert j([POST], a, b)[0] == pytest.approx(1 - j([POST], b, a)[0])
+  assert list(j.harmless([POST, POST], a + b)) == [1.0, 0.0]
+
+
+def test_tokenizer_round_trips_and_is_word_level(tmp_path):
+  from rlaif_jax.labeler.tokens import option_tokens, score_string_ids
+  from rlaif_jax.models.tokenizer import load_tokenizer
+  tok = load_tokenizer(world_tokenizer.write(str(tmp_path / "tok")))
+  rng = random.Random(1)
+  for _ in range(50):
+    post, _ = world.make_post(rng)
+    for text in (world.prompt_of(post) + " " + world.reference_summary(post, rng),
+                 world_data.pairwise_prompt(world_data.labeler_templates()[0], post,
+                                            world.random_summary(post, rng),
+                                            world.reference_summary(post, rng))):
+      ids = tok(text, add_special_tokens=False)["input_ids"]
+      assert tok.unk_token_id not in ids and tok.decode(ids) == text
+  ids = tok(" my roommate lost my tv .", add_special_tokens=False)["input_ids"]
+  assert len(ids) == 6                                           # one token a word
+  assert option_tokens(tok, "Preferred Summary=") == ([], tok.convert_tokens_to_ids(["1", "2"]))
+  assert all(len(s) == 1 for s in score_string_ids(tok, "SCORE: ", [str(i) for i in range(1, 11)]))
+
+
+def test_world_files_are_idempotent(tmp_path):
+  kw = dict(n_sft=40, n_prompts=20, n_eval=10, n_labeler=40)
+  paths = world_data.write(str(tmp_path), **kw)
+  before = {k: open(p).read() for k, p in paths.items() if k != "tokenizer"}
+  world_data.write(str(tmp_path), **kw)
+  assert before == {k: open(p).read() for k, p in paths.items() if k != "tokenizer"}
+  prompts = {r["prompt"] for r in world_data.read_jsonl(paths["eval"])}
+  assert not prompts & {r["prompt"] for r in world_data.read_jsonl(paths["sft_train"])}
+
+
+@pytest.mark.skipif(not os.environ.get("RLAIF_SLOW"),
+                    reason="trains the demo labeler: ~4 min on 2 CPU cores; set RLAIF_SLOW=1")
+def test_trained_demo_labeler_beats_chance(tmp_path):
+  import jax
+  from rlaif_jax import config as C
+  from rlaif_jax import pipeline
+  from rlaif_jax.learners import sft
+  from rlaif_jax.mesh import make_mesh
+  c = C.load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                      "pipeline.py") + ":demo")
+  mesh = make_mesh(C.base_config().mesh, jax.devices()[:1])
+  paths = world_data.write(str(tmp_path / "world"), n_sft=32, n_prompts=32, n_eval=8,
+                           n_labeler=c.world.n_labeler)
+  lc = pipeline.stage_config(c, stage="sft", train=c.pipeline.labeler_pretrain,
+                             tokenizer=paths["tokenizer"], jsonl_path=paths["labeler_train"],
+                             eval_jsonl_path=paths["labeler_valid"], jsonl_kind="sft",
+                             max_prompt_len=c.labeler.max_prompt_len, max_response_len=2)
+  with lc.unlocked():
+    lc.model.arch.update(c.labeler.model.arch.to_dict())
+    lc.mesh.data = 1
+  sft.run(lc, str(tmp_path / "lab"), mesh)
+  with c.unlocked():
+    c.labeler.mesh.devices = 1
+  lab_conf = pipeline.labeler_cfg(c, paths, str(tmp_path / "lab"))
+  rng, oracle = random.Random(99), world.Oracle()
+  rows = []
+  for i in range(400):               # pairs of TL;DR-like summaries, one oracle vote each
+    post, _ = world.make_post(rng)
+    a, b = world.reference_summary(post, rng), world.reference_summary(post, rng)
+    rows.append({"prompt": world.prompt_of(post), "response_a": a, "response_b": b,
+                 "human_label": oracle.label(post, a, b, rng)})
+  rep = pipeline.alignment_on_heldout(lab_conf, rows, 0)
+  # 400 votes: chance is 0.5 ± 0.05 (2σ)
+  assert rep["accuracy"] > 0.58, rep
