@@ -42,7 +42,7 @@ def test_oracle_hand_cases():
   assert o.preference(POST, full, missing) + o.preference(POST, missing, full) == pytest.approx(1)
   assert o.preference(POST, full, invented) == pytest.approx(1 / (1 + np.exp(-6.0)))   # Δ = 3.4 − 0.4
   assert o.preference(POST, full, padded) == pytest.approx(1 / (1 + np.exp(-1.8)))
-  assert o.rating(POST, full) == 9 and o.rating(POST, invented) == 2
+  assert o.rating(POST, full) == 9 and o.rating(POST, invented) == 3   # round(2q + 2)
   votes = [o.label(POST, full, missing, random.Random(s)) for s in range(2000)]
   assert np.mean(votes) == pytest.approx(o.preference(POST, full, missing), abs=0.03)
 
