@@ -6,7 +6,7 @@
   tldr         – the paper's summarization RM on AI labels, initialised from the
                  SFT policy (Gemma-2B, TPU v4-16): --config.model.checkpoint=<sft>/model
                  --config.data.jsonl_path=<label workdir>/labels.jsonl
-  hh_helpful   – dialogue RMs (Llama-3-8B, TPU v4-32), batch 32 as in the paper.
+  hh_helpful   – dialogue RMs (Llama-3-8B, TPU v4-64), batch 32 as in the paper.
   hh_harmless
 """
 from rlaif_jax.config import base_config, paper_scale

@@ -5,7 +5,7 @@
   tldr         – the paper's summarization SFT on Reddit TL;DR: Gemma-2B policy
                  on a TPU v4-16 (8 chips), FSDP over all chips.
   hh_helpful   – SFT on Anthropic HH helpful-base chosen responses, Llama-3-8B on
-  hh_harmless    a v4-32 (16 chips), FSDP 8 x tensor 2 (harmless-base likewise).
+  hh_harmless    a v4-64 (32 chips), FSDP 8 x tensor 4 (harmless-base likewise).
 
 Real variants: point --config.model.checkpoint and --config.model.tokenizer at
 the downloaded HF directory and --config.data.manual_dir at the raw data (or

@@ -77,7 +77,7 @@ def _data_config() -> ml_collections.ConfigDict:
 def paper_scale(c, variant: str) -> None:
   """Model, hardware, data and the paper's optimizer for the real-size variants
   of the three tasks: "tldr" (Gemma-2B on a TPU v4-16), "hh_helpful" and
-  "hh_harmless" (Llama-3-8B on a TPU v4-32). Shared by the stage configs."""
+  "hh_harmless" (Llama-3-8B on a TPU v4-64). Shared by the stage configs."""
   c.model.tokenizer = ""          # required: a local HF tokenizer directory
   c.model.checkpoint = ""         # required: a local HF checkpoint directory
   c.model.dtype = "bfloat16"
@@ -88,8 +88,8 @@ def paper_scale(c, variant: str) -> None:
     c.data.source = "tldr"
   else:
     c.model.preset = "llama-3-8b"
-    c.hardware.update(name="TPU v4-32", chips=16, memory_gib_per_chip=32.0)
-    c.mesh.update(data=1, fsdp=-1, tensor=2)
+    c.hardware.update(name="TPU v4-64", chips=32, memory_gib_per_chip=32.0)
+    c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.data.source = "anthropic_hh"
     c.data.hh_subset = "helpful-base" if variant == "hh_helpful" else "harmless-base"
   c.data.max_prompt_len = 1024

@@ -11,7 +11,8 @@ rules and adds up what one device holds:
   activations estimate for one micro-batch without rematerialisation, after
               Korthikanti et al. (2022): per layer s·b·d·(10 + 24/t) + 5·a·s²·b
               elements (t = tensor size, a = heads), plus the float32 logits and
-              their gradient, s·b·V/t each (not for a reward model)
+              their gradient, s·b·V/t each (not for a reward model), and the
+              embedding table gathered whole for the lookup, V·d (x2 in training)
   kv_cache    labeling / sampling: 2·L·b·s·kv·hd elements
 
 It prints the parameter count, the per-device total against
@@ -126,10 +127,12 @@ def estimate(config, n_devices: int) -> dict:
   if stage == "label":
     lb = config.labeler.batch_size // dp * 2      # both orders in one batch
     b["kv_cache"] = act_bytes * 2 * cfg.n_layers * lb * seq * cfg.n_kv_heads * cfg.head_dim
+    b["activations"] = 4 * cfg.vocab_size * cfg.d_model     # the gathered embedding table
   else:
     layer = seq * tokens * cfg.d_model * (10 + 24 / t) + 5 * (cfg.n_heads / t) * seq**2 * tokens
     logits = 2 * 4 * seq * tokens * cfg.vocab_size / t if stage != "rm" else 0
-    b["activations"] = int(act_bytes * cfg.n_layers * layer + logits)
+    table = 2 * 4 * cfg.vocab_size * cfg.d_model
+    b["activations"] = int(act_bytes * cfg.n_layers * layer + logits + table)
     if stage == "rl":
       b["kv_cache"] = act_bytes * 2 * cfg.n_layers * per_dev * seq * cfg.n_kv_heads * cfg.head_dim
   out["total_bytes_per_device"] = int(sum(b.values()))

@@ -35,6 +35,7 @@ def test_dry_run_memory_matches_hand_count_for_params():
   """Params/grads per device equal a hand count: every weight split over the
   mesh axes its rule names (Llama-3-8B, fsdp=8, tensor=2)."""
   c = cfglib.load_config_file(f"{ROOT / 'configs' / 'sft.py'}:hh_helpful")
+  c.mesh.tensor = 2
   est = dryrun.estimate(c, 16)
   d, f, v, L = 4096, 14336, 128256, 32
   q, kv = 32 * 128, 8 * 128

@@ -249,7 +249,7 @@ class RLLearner:
       for k in range(self.minibatches):
         idx = order[k * size:(k + 1) * size]
         metrics = self.trainer.step({key: ro[key][idx] for key in TRAIN_KEYS})
-        host = self.trainer._check(int(self.trainer.state["step"]), metrics)
+        host = self.trainer.check(int(self.trainer.state["step"]), metrics)
         for key, v in host.items():
           sums[key] = sums.get(key, 0.0) + v / self.updates
     return sums

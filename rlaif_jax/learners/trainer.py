@@ -230,12 +230,12 @@ class Trainer:
         # Fetch the previous step's metrics after dispatching this one, so the
         # host never stalls the device; sync fully before anything is saved.
         if pending is not None:
-          last = self._check(*pending)
+          last = self.check(*pending)
         pending = (step, metrics)
         due_ckpt = step % t.checkpoint_every == 0 or step == self.total_steps
         due_log = step % t.log_every == 0 or step == self.total_steps
         if due_ckpt or due_log:
-          last, pending = self._check(*pending), None
+          last, pending = self.check(*pending), None
         if due_log:
           dt = time.perf_counter() - t0
           last["tokens_per_sec"] = tokens / dt if dt > 0 else 0.0
@@ -257,7 +257,8 @@ class Trainer:
       self.ckpt.wait_until_finished()
     return last
 
-  def _check(self, step: int, metrics: dict) -> dict:
+  def check(self, step: int, metrics: dict) -> dict:
+    """Host copy of a step's metrics; raises NonFiniteLossError if it was not finite."""
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not host.pop("finite"):
       self.ckpt.wait_until_finished()

@@ -194,7 +194,12 @@ class Transformer(nnx.Module):
     """Final-normed hidden states (B, T, d) and the updated cache (or None)."""
     if positions is None:
       positions = positions_from_mask(mask)
-    x = self.embed[...][tokens].astype(self.compute_dtype)
+    # The lookup reads a whole table: one explicit all-gather per step (and a
+    # reduce-scatter of its gradient). Left to itself, SPMD cannot gather rows
+    # of a vocab/FSDP-sharded table into batch-sharded activations and falls
+    # back to the same replication, with warnings and extra copies.
+    table = constrain(self.embed[...], (None, None))
+    x = table[tokens].astype(self.compute_dtype)
     if self.cfg.scale_embeddings:
       x = x * jnp.asarray(math.sqrt(self.cfg.d_model), self.compute_dtype)
     x = constrain(x, ("batch", "length", None))
