@@ -49,7 +49,7 @@ def get_config(variant: str = "demo"):
 
   c.world = ml_collections.ConfigDict(dict(
       n_sft=400 if tiny else 3000, n_prompts=128 if tiny else 1024, n_eval=32 if tiny else 256,
-      n_labeler=400 if tiny else 8000, n_pairs=64 if tiny else 1024, heldout_pairs=64 if tiny else 256,
+      n_labeler=400 if tiny else 8000, n_pairs=64 if tiny else 768, heldout_pairs=64 if tiny else 256,
       pair_temperature=1.0))
 
   c.labeler = labeler_config()     # the demo labeler: pre-trained by the pipeline itself

@@ -95,9 +95,13 @@ def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
   tok = load_tokenizer(paths["tokenizer"])
   model = policy_model(config, mesh, tok, checkpoint=sft_model_dir)
   prompts = [r["prompt"] for r in world_data.read_jsonl(paths["prompts_train"])]
+  if len(prompts) < w.n_pairs + w.heldout_pairs:
+    raise ValueError(f"world.n_prompts={len(prompts)} < world.n_pairs + world.heldout_pairs")
   prompts = prompts[:w.n_pairs + w.heldout_pairs]
+  # one token short of the budget, so that a response that never ended still
+  # fits with its EOS (longer ones would be skipped by the learners' data pipeline)
   samples = generate(model, tok, mesh, prompts, max_prompt_len=config.data.max_prompt_len,
-                     max_new_tokens=config.data.max_response_len,
+                     max_new_tokens=config.data.max_response_len - 1,
                      temperature=w.pair_temperature, seed=config.seed, samples=2)
   oracle, rng = world.Oracle(), random.Random(config.seed + 17)
   rows = [{"id": f"pair-{i}", "prompt": p, "response_a": a or ".", "response_b": b or "."}

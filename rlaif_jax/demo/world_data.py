@@ -113,7 +113,7 @@ def write(directory: str, *, seed: int = 0, n_sft: int = 2000, n_prompts: int = 
   s = seed * 10
   files = {
       "sft_train": lambda: sft_rows(n_sft, s + _SFT),
-      "sft_valid": lambda: sft_rows(max(n_sft // 10, 32), s + _VALID),
+      "sft_valid": lambda: sft_rows(max(n_sft // 10, 64), s + _VALID),
       "prompts_train": lambda: [{"id": r["id"], "prompt": r["prompt"]}
                                 for r in sft_rows(n_prompts, s + _PROMPTS)],
       "eval": lambda: sft_rows(n_eval, s + _EVAL),
