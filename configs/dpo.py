@@ -13,7 +13,7 @@ the reference once over the training set before training and frees it.
 """
 import ml_collections
 
-from rlaif_jax.config import base_config
+from rlaif_jax.config import base_config, paper_scale
 
 
 def get_config(variant: str = "toy"):
@@ -30,13 +30,11 @@ def get_config(variant: str = "toy"):
     c.train.update(batch_size=32, steps=150, lr=1e-3, warmup_steps=10, log_every=25,
                    checkpoint_every=50, eval_batches=4)
   elif variant == "tldr":
-    c.model.tokenizer = ""       # required: a local HF tokenizer directory
+    paper_scale(c, "tldr")       # Gemma-2B policy + reference on a TPU v4-16
     c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)
     c.data.source = "jsonl"      # AI-labelled pairs from the label stage (soft labels)
     c.data.jsonl_path = ""
     c.data.eval_jsonl_path = ""  # held-out pairs (with human labels for accuracy_human)
-    c.data.max_prompt_len = 1024
-    c.data.max_response_len = 128
     c.train.update(batch_size=64, steps=2000, optimizer="adafactor", lr=1e-6,
                    warmup_steps=150, schedule="constant", checkpoint_every=200)
   else:

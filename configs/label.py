@@ -49,4 +49,12 @@ def get_config(variant: str = "toy"):
   if variant != "toy":
     lab.model.tokenizer = ""     # required: a local HF tokenizer directory
     lab.model.checkpoint = ""    # required: a local HF checkpoint directory
+    # A larger labeler than the policy (Gemma-7B vs 2B), inference only, on a
+    # sub-mesh of 8 of the pod's chips (labeler.mesh.devices).
+    lab.model.preset = "gemma-7b"
+    lab.model.dtype = "bfloat16"
+    lab.mesh.update(devices=8, data=1, fsdp=-1, tensor=1)
+    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0)
+    data.max_prompt_len = 1024
+    data.max_response_len = 128
   return c

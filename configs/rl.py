@@ -18,7 +18,7 @@ or rl.ppo_epochs × rl.minibatches (ppo). `train.log_every` and
 """
 import ml_collections
 
-from rlaif_jax.config import base_config
+from rlaif_jax.config import base_config, paper_scale
 from rlaif_jax.labeler.config import labeler_config
 
 
@@ -70,11 +70,12 @@ def get_config(variant: str = "toy"):
     c.train.update(batch_size=32, steps=40, optimizer="adamw", lr=3e-4, warmup_steps=0,
                    schedule="constant", log_every=5, checkpoint_every=10)
   elif variant in ("tldr_distilled", "tldr_direct"):
-    c.model.tokenizer = ""       # required: a local HF tokenizer directory
+    paper_scale(c, "tldr")       # Gemma-2B policy, value, reference and RM ...
+    # ... on one host: the RL loop runs in a single process (a TPU v5p-8: 4 chips
+    # of 95 GiB).
+    c.hardware.update(name="TPU v5p-8", chips=4, memory_gib_per_chip=95.0)
     c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)
     c.data.source = "tldr"       # rollout prompts: TL;DR training posts
-    c.data.max_prompt_len = 1024
-    c.data.max_response_len = 128
     # The paper: temperature 0.9, β = 0.05, batch 128, lr 1e-5 (Adafactor), 8 epochs.
     c.train.update(batch_size=128, steps=1000, optimizer="adafactor", lr=1e-5,
                    warmup_steps=0, schedule="constant", checkpoint_every=50, log_every=5)
@@ -85,6 +86,9 @@ def get_config(variant: str = "toy"):
       c.rl.reward = "labeler"
       c.rl.labeler.update(task="summarization")
       c.rl.labeler.model.tokenizer = ""   # required: the labeler's tokenizer and checkpoint
+      c.rl.labeler.model.preset = "gemma-2b"   # the paper: a labeler the policy's size
+      c.rl.labeler.model.dtype = "bfloat16"
+      c.rl.labeler.mesh.update(devices=4, data=1, fsdp=-1, tensor=1)
   else:
     raise ValueError(f"unknown rl variant {variant!r}: use toy, tldr_distilled or tldr_direct")
   return c

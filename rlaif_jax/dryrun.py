@@ -97,35 +97,54 @@ def _optimizer_elems(config, rows, mesh) -> int:
   return total
 
 
+def _mesh(mesh_cfg, n_devices: int) -> AbstractMesh:
+  shape = resolve_mesh_shape((mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor), n_devices)
+  return AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def _labeler(config, n_devices: int):
+  """The labeler's architecture and (sub-)mesh: its first `labeler.mesh.devices`."""
+  lab = config.labeler if config.stage == "label" else config.rl.labeler
+  mesh = _mesh(lab.mesh, lab.mesh.devices or n_devices)
+  return model_config_for(lab.model, lab.model.dtype), mesh, lab
+
+
 def estimate(config, n_devices: int) -> dict:
-  shape = resolve_mesh_shape((config.mesh.data, config.mesh.fsdp, config.mesh.tensor), n_devices)
-  mesh = AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   stage = config.stage if config.stage in MODELS else "sft"
-  cfg = model_config_for(config.labeler.model if stage == "label" else config.model,
-                         config.model.dtype)
+  mesh = _mesh(config.mesh, n_devices)
+  cfg = model_config_for(config.model, config.model.dtype)
+  direct = stage == "rl" and config.rl.get("reward") == "labeler"
+  if stage == "label" or direct:
+    lab_cfg, lab_mesh, lab = _labeler(config, n_devices)
+  if stage == "label":
+    cfg, mesh = lab_cfg, lab_mesh
+  shape = tuple(mesh.shape.values())
   act_bytes = 2 if cfg.dtype == "bfloat16" else 4
   dp, t = shape[0] * shape[1], shape[2]
-  out = {"mesh": dict(zip(MESH_AXES, shape)), "devices": n_devices, "models": {},
+  out = {"mesh": dict(zip(MESH_AXES, shape)), "devices": mesh.size, "models": {},
          "bytes_per_device": {"params": 0, "grads": 0, "optimizer": 0, "activations": 0,
                               "kv_cache": 0}}
+  b = out["bytes_per_device"]
   seq = config.data.max_prompt_len + config.data.max_response_len
   per_dev = max(config.train.batch_size // dp // max(config.train.grad_accum, 1), 1)
-  for role, kind, trainable in MODELS[stage]:
-    rows = _params(cfg, kind, mesh)
+  models = [(role, kind, trainable, cfg, mesh) for role, kind, trainable in MODELS[stage]]
+  if direct:   # the labeler's direct scores replace the RM (its devices overlap the policy's)
+    models = [m for m in models if m[0] != "reward_model"] + [
+        ("labeler", "lm", False, lab_cfg, lab_mesh)]
+  for role, kind, trainable, mcfg, mmesh in models:
+    rows = _params(mcfg, kind, mmesh)
     elems = sum(r[3] for r in rows)
     out["models"][role] = {"kind": kind, "trainable": trainable,
                            "params": sum(math.prod(r[1]) for r in rows),
                            "sharding": {r[0]: f"{r[1]} -> {r[2]}" for r in rows}}
-    b = out["bytes_per_device"]
     b["params"] += 4 * elems
     if trainable:
       b["grads"] += 4 * elems
-      b["optimizer"] += 4 * _optimizer_elems(config, rows, mesh)
-  b = out["bytes_per_device"]
+      b["optimizer"] += 4 * _optimizer_elems(config, rows, mmesh)
   pairs = 2 if stage in ("rm", "dpo") else 1     # both responses in one forward pass
   tokens = per_dev * pairs
   if stage == "label":
-    lb = config.labeler.batch_size // dp * 2      # both orders in one batch
+    lb = max(lab.batch_size // dp, 1) * 2          # both orders in one batch
     b["kv_cache"] = act_bytes * 2 * cfg.n_layers * lb * seq * cfg.n_kv_heads * cfg.head_dim
     b["activations"] = 4 * cfg.vocab_size * cfg.d_model     # the gathered embedding table
   else:
@@ -146,7 +165,7 @@ def report(config, n_devices: int) -> dict:
   est["budget_bytes_per_device"] = budget
   est["fits"] = None if budget is None else est["total_bytes_per_device"] <= budget
   mesh = " x ".join(f"{k}={v}" for k, v in est["mesh"].items())
-  print(f"dry run: stage {config.stage} on {n_devices} devices ({mesh})"
+  print(f"dry run: stage {config.stage} on {est['devices']} devices ({mesh})"
         + (f", hardware {hw.name}" if hw and hw.name else ""))
   for role, m in est["models"].items():
     print(f"  {role:13s} {m['kind']:6s} {m['params'] / 1e9:8.3f} B params"

@@ -9,8 +9,12 @@ from rlaif_jax import config as cfglib
 from rlaif_jax import dryrun
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REAL = [("sft.py", v) for v in ("tldr", "hh_helpful", "hh_harmless")] + \
-       [("rm.py", v) for v in ("tldr", "hh_helpful", "hh_harmless")]
+REAL = ([("sft.py", v) for v in ("tldr", "hh_helpful", "hh_harmless")] +
+        [("rm.py", v) for v in ("tldr", "hh_helpful", "hh_harmless")] +
+        [("dpo.py", "tldr"), ("rl.py", "tldr_distilled"), ("rl.py", "tldr_direct")] +
+        [("label.py", v) for v in ("tldr_base", "tldr_detailed", "tldr_detailed_cot",
+                                   "hh_helpful_cot", "hh_harmless_base")])
+PUBLIC = {"gemma-2b": 2.506e9, "gemma-7b": 8.538e9, "llama-3-8b": 8.030e9}
 
 
 @pytest.mark.parametrize("path,variant", REAL)
@@ -25,8 +29,9 @@ def test_paper_scale_configs_fit_their_hardware(path, variant, capsys):
   # the parameter count is the public one for the preset architecture (a reward
   # model drops Llama's untied LM head, 128256 x 4096, and adds a d+1 head)
   n = next(iter(est["models"].values()))["params"]
-  public = {"gemma-2b": 2.506e9, "llama-3-8b": 8.030e9}[c.model.preset]
-  if c.stage == "rm" and c.model.preset == "llama-3-8b":
+  preset = c.labeler.model.preset if c.stage == "label" else c.model.preset
+  public = PUBLIC[preset]
+  if c.stage == "rm" and preset == "llama-3-8b":
     public -= 128256 * 4096
   assert n == pytest.approx(public, rel=1e-3)
 

@@ -19,6 +19,7 @@ def labeler_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""        # HF directory; "" = a from-scratch model (model.arch, toys only)
+  c.model.preset = ""            # from scratch / dry run: a public architecture (models/presets.py)
   c.model.tokenizer = "byte"
   c.model.dtype = "float32"
   c.model.arch = ml_collections.ConfigDict(
