@@ -20,7 +20,7 @@ PUBLIC = {"gemma-2b": 2.506e9, "gemma-7b": 8.538e9, "llama-3-8b": 8.030e9}
 @pytest.mark.parametrize("path,variant", REAL)
 def test_paper_scale_configs_fit_their_hardware(path, variant, capsys):
   c = cfglib.load_config_file(f"{ROOT / 'configs' / path}:{variant}")
-  assert c.hardware.chips > 8 - 1 and c.hardware.memory_gib_per_chip > 0
+  assert c.hardware.chips >= 4 and c.hardware.memory_gib_per_chip > 0
   cfglib.validate(c, c.hardware.chips)
   est = dryrun.report(c, c.hardware.chips)
   assert est["fits"], est["bytes_per_device"]
