@@ -71,3 +71,25 @@ def test_two_processes_match_one_and_checkpoints_cross_over(tmp_path):
     pb = jax.tree.leaves(ck.restore(str(two / "model" / "params")))
   for x, y in zip(pa, pb):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+def test_labeling_batch_two_processes_match_one(tmp_path):
+  """The label stage (toy labeler, both orders) gives the same labels on 2 x 4 as on 1 x 8."""
+  args = ["--config=configs/label.py:toy", "--config.labeler.max_pairs=16",
+          "--config.labeler.shard_size=8"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
+  p1 = subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
+                        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        start_new_session=True)
+  p2 = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--", *args,
+                         f"--workdir={two}"], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, start_new_session=True)
+  finish(p1, p2)
+  rows = lambda d: [json.loads(l) for l in (d / "labels.jsonl").read_text().splitlines()]
+  a, b = rows(one), rows(two)
+  assert len(a) == len(b) == 16
+  for x, y in zip(a, b):
+    assert (x["prompt"], x["response_a"], x["response_b"]) == (y["prompt"], y["response_a"], y["response_b"])
+    np.testing.assert_allclose(x["p_ab"] + x["p_ba"], y["p_ab"] + y["p_ba"], atol=1e-5)
+    assert x["same_position_won"] == y["same_position_won"]
