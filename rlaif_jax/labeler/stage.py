@@ -26,6 +26,8 @@ import logging
 import os
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from rlaif_jax.config import ConfigError
 
@@ -82,8 +84,11 @@ def run(config, workdir: str, mesh) -> dict:
 
   size = lcfg.shard_size
   shards = [(k, range(k * size, min((k + 1) * size, n))) for k in range(-(-n // size))]
-  todo = [(k, r) for k, r in shards
-          if not os.path.exists(os.path.join(out_dir, f"shard-{k:05d}.jsonl"))]
+  done = np.array([os.path.exists(os.path.join(out_dir, f"shard-{k:05d}.jsonl"))
+                   for k, _ in shards], bool)
+  if jax.process_count() > 1:   # every process must run the same batches: 0 decides
+    done = np.asarray(multihost_utils.broadcast_one_to_all(done)).astype(bool)
+  todo = [s for s, d in zip(shards, done) if not d]
   logging.info("label: %d pairs in %d shards, %d to do", n, len(shards), len(todo))
   labeler = None
   for k, rng in todo:
@@ -98,6 +103,8 @@ def run(config, workdir: str, mesh) -> dict:
                     "".join(json.dumps(_row(e, l)) + "\n" for e, l in zip(examples, labels)))
     logging.info("label: shard %d (%d pairs) done", k, len(examples))
 
+  if jax.process_count() > 1:   # process 0 wrote the shards the others now read
+    multihost_utils.sync_global_devices("rlaif_jax: label shards written")
   rows = []
   for k, _ in shards:
     with open(os.path.join(out_dir, f"shard-{k:05d}.jsonl"), encoding="utf-8") as f:
