@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+from rlaif_jax.config import ConfigError
 from rlaif_jax.eval import judges, metrics, report as report_lib
 from rlaif_jax.learners.common import policy_model
 from rlaif_jax.models.tokenizer import load_tokenizer
@@ -43,9 +44,15 @@ def run(config, workdir: str, mesh) -> dict:
     rows = [json.loads(line) for line in f if line.strip()]
   rows = rows[:e.max_prompts] if e.max_prompts else rows
   prompts = [r["prompt"] for r in rows]
-  policies = dict(e.policies.to_dict())
+  policies = {k: v for k, v in e.policies.to_dict().items() if v}   # "" = not given
   if any(r.get("response") for r in rows):
     policies.setdefault("reference", "")
+  for comp in e.comparisons:
+    a, _, b = comp.partition("_vs_")
+    missing = [x for x in (a, b) if x not in policies]
+    if not b or missing:
+      raise ConfigError(f"eval.comparisons: {comp!r} needs policies {missing or [comp]}; "
+                        f"set --config.eval.policies.<name>=<model dir> (have: {sorted(policies)})")
   responses = policy_responses(config, policies, prompts, [r.get("response", "") for r in rows],
                                mesh)
   judge = judges.make_judge(e.judge, e.get("labeler"), config.seed)

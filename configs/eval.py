@@ -1,0 +1,47 @@
+"""Eval stage: policies answer held-out prompts; a judge compares them in both orders.
+
+  demo  – a finished demo pipeline's policies judged by the world's oracle:
+            --config.eval.prompts_path=$W/world/eval.jsonl --config.model.tokenizer=$W/world/tokenizer
+            --config.eval.policies.sft=$W/sft/model --config.eval.policies.rlaif=$W/rl_rlaif/model ...
+  tldr  – TL;DR test posts, judged by a (larger) labeler with the detailed prompt:
+            --config.eval.prompts_path=posts.jsonl ({"prompt", optional "response"} per line)
+            --config.eval.policies.sft=... --config.eval.policies.rlaif=...
+            --config.eval.labeler.model.checkpoint=/ckpt/gemma-7b-it (and .tokenizer)
+
+Writes report.md, report.json, win-rate and training-curve plots and
+responses.jsonl into the workdir. A policy left empty is not evaluated; a
+comparison naming it is an error. "reference" means the prompts' own responses.
+"""
+import ml_collections
+
+from rlaif_jax.config import base_config
+from rlaif_jax.labeler.config import labeler_config
+
+POLICIES = ("sft", "rlaif", "rlhf", "direct_rlaif", "dpo")
+
+
+def get_config(variant: str = "demo"):
+  c = base_config()
+  c.stage = "eval"
+  c.eval = ml_collections.ConfigDict(dict(
+      prompts_path="", max_prompts=0, judge="oracle", temperature=0.0, max_new_tokens=0,
+      batch_size=64, rm_model="", rm_pairs_path="",
+      policies=ml_collections.ConfigDict({p: "" for p in POLICIES}),
+      comparisons=("rlaif_vs_sft",), curves=ml_collections.ConfigDict()))
+  c.eval.labeler = labeler_config()
+  if variant == "demo":
+    c.model.tokenizer = ""                 # required: <pipeline workdir>/world/tokenizer
+    c.data.max_prompt_len = 64
+    c.data.max_response_len = 16
+  elif variant == "tldr":
+    c.eval.judge = "labeler"
+    c.eval.labeler.update(task="summarization", preamble="detailed")
+    c.eval.labeler.model.update(tokenizer="", checkpoint="", dtype="bfloat16")
+    c.eval.comparisons = ("rlaif_vs_sft", "rlhf_vs_sft", "rlaif_vs_rlhf", "rlaif_vs_reference")
+    c.eval.temperature = 0.0
+    c.model.tokenizer = ""                 # required: the policies' tokenizer
+    c.data.max_prompt_len = 1024
+    c.data.max_response_len = 128
+  else:
+    raise ValueError(f"unknown eval variant {variant!r}: use demo or tldr")
+  return c
