@@ -2,7 +2,8 @@
 
 Picks the stage from `config.stage`, joins a multi-process run when asked,
 validates the config against the devices, builds the mesh and runs the stage.
-Without `--config` it runs the embedded default (configs/sft.py:toy).
+Without `--config` it runs the embedded default: the whole RLAIF pipeline on the
+bundled demo world (configs/pipeline.py:demo).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 from absl import flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "sft.py") + ":toy"
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "pipeline.py")
 
 
 def define_flags():
@@ -72,7 +73,7 @@ def run_stage(config, workdir: str, dry_run: bool = False) -> dict:
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if not any(a.startswith("--config=") or a == "--config" for a in argv):
-    argv.insert(1, f"--config={os.path.normpath(_DEFAULT_CONFIG.rsplit(':', 1)[0])}:toy")
+    argv.insert(1, f"--config={os.path.normpath(_DEFAULT_CONFIG)}:demo")
   define_flags()
   from rlaif_jax import config as cfglib
   cfglib.parse_flags(argv, flags.FLAGS)
