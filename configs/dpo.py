@@ -13,7 +13,7 @@ the reference once over the training set before training and frees it.
 """
 import ml_collections
 
-from rlaif_jax.config import base_config, paper_scale
+from rlaif_jax.config import base_config, paper_scale, toy_scale
 
 
 def get_config(variant: str = "toy"):
@@ -22,13 +22,7 @@ def get_config(variant: str = "toy"):
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0,
                                          precompute_reference=False))
   if variant == "toy":
-    c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                        head_dim=16, d_ff=192, max_seq_len=64)
-    c.data.source = "toy"
-    c.data.max_prompt_len = 24
-    c.data.max_response_len = 12
-    c.train.update(batch_size=32, steps=150, lr=1e-3, warmup_steps=10, log_every=25,
-                   checkpoint_every=50, eval_batches=4)
+    toy_scale(c, steps=150)
   elif variant == "tldr":
     paper_scale(c, "tldr")       # Gemma-2B policy + reference on a TPU v4-16
     c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)

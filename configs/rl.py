@@ -18,7 +18,7 @@ or rl.ppo_epochs × rl.minibatches (ppo). `train.log_every` and
 """
 import ml_collections
 
-from rlaif_jax.config import base_config, paper_scale
+from rlaif_jax.config import base_config, paper_scale, toy_scale
 from rlaif_jax.labeler.config import labeler_config
 
 
@@ -59,12 +59,8 @@ def get_config(variant: str = "toy"):
   c.stage = "rl"
   c.rl = rl_config()
   if variant == "toy":
-    c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                        head_dim=16, d_ff=192, max_seq_len=64)
-    c.data.source = "toy"
+    toy_scale(c)
     c.data.jsonl_kind = "sft"    # prompts come from the toy SFT file
-    c.data.max_prompt_len = 24
-    c.data.max_response_len = 12
     c.rl.update(reward="callable", temperature=1.0,
                 reward_fn="rlaif_jax.learners.rl_rewards:toy_answer_similarity")
     c.train.update(batch_size=32, steps=40, optimizer="adamw", lr=3e-4, warmup_steps=0,

@@ -9,7 +9,7 @@
   hh_helpful   – dialogue RMs (Llama-3-8B, TPU v4-64), batch 32 as in the paper.
   hh_harmless
 """
-from rlaif_jax.config import base_config, paper_scale
+from rlaif_jax.config import base_config, paper_scale, toy_scale
 
 
 def get_config(variant: str = "toy"):
@@ -17,13 +17,7 @@ def get_config(variant: str = "toy"):
   c.stage = "rm"
   c.train.normalize_rewards = True     # shift so the mean held-out reward is 0
   if variant == "toy":
-    c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                        head_dim=16, d_ff=192, max_seq_len=64)
-    c.data.source = "toy"
-    c.data.max_prompt_len = 24
-    c.data.max_response_len = 12
-    c.train.update(batch_size=32, steps=200, lr=1e-3, warmup_steps=10, log_every=25,
-                   checkpoint_every=50, eval_batches=4)
+    toy_scale(c, steps=200)
     return c
   if variant not in ("tldr", "hh_helpful", "hh_harmless"):
     raise ValueError(f"unknown rm variant {variant!r}: use toy, tldr, hh_helpful or hh_harmless")

@@ -13,20 +13,14 @@ the downloaded HF directory and --config.data.manual_dir at the raw data (or
 hyperparameters: Adafactor, lr 1e-5, batch 128, 1 epoch, 1024 + 128 tokens.
 Check memory first on any machine: --dry_run.
 """
-from rlaif_jax.config import base_config, paper_scale
+from rlaif_jax.config import base_config, paper_scale, toy_scale
 
 
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "sft"
   if variant == "toy":
-    c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                        head_dim=16, d_ff=192, max_seq_len=64)
-    c.data.source = "toy"
-    c.data.max_prompt_len = 24
-    c.data.max_response_len = 12
-    c.train.update(batch_size=32, steps=150, lr=3e-3, warmup_steps=10, log_every=25,
-                   checkpoint_every=50, eval_batches=4)
+    toy_scale(c, steps=150, lr=3e-3)
     return c
   if variant not in ("tldr", "hh_helpful", "hh_harmless"):
     raise ValueError(f"unknown sft variant {variant!r}: use toy, tldr, hh_helpful or hh_harmless")

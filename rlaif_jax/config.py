@@ -74,6 +74,18 @@ def _data_config() -> ml_collections.ConfigDict:
   return data_config()
 
 
+def toy_scale(c, **train) -> None:
+  """The CPU-sized toy variants: a tiny Llama-style model on the toy tasks
+  (rlaif_jax/demo/toy.py) with the byte tokenizer; `train` overrides."""
+  c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      head_dim=16, d_ff=192, max_seq_len=64)
+  c.data.source = "toy"
+  c.data.max_prompt_len = 24
+  c.data.max_response_len = 12
+  c.train.update({**dict(batch_size=32, steps=150, lr=1e-3, warmup_steps=10, log_every=25,
+                         checkpoint_every=50, eval_batches=4), **train})
+
+
 def paper_scale(c, variant: str) -> None:
   """Model, hardware, data and the paper's optimizer for the real-size variants
   of the three tasks: "tldr" (Gemma-2B on a TPU v4-16), "hh_helpful" and
