@@ -73,6 +73,28 @@ def test_tokenizer_round_trips_and_is_word_level(tmp_path):
   assert all(len(s) == 1 for s in score_string_ids(tok, "SCORE: ", [str(i) for i in range(1, 11)]))
 
 
+def test_minimal_pairs_differ_by_one_edit_and_put_the_better_first():
+  rng, oracle = random.Random(3), world.Oracle()
+  for _ in range(300):
+    post, _ = world.make_post(rng)
+    good, bad = world_data.minimal_pair(post, rng)
+    assert oracle.quality(post, good) > oracle.quality(post, bad)
+    g, b = good.split(), bad.split()
+    # one fact swapped or dropped (same or close length), or one padding clause added
+    assert len(set(g) ^ set(b)) <= 8 and abs(len(g) - len(b)) <= 7, (good, bad)
+
+
+def test_labeler_rows_answer_with_the_oracles_choice_in_both_positions():
+  rows = world_data.labeler_rows(400, 4)
+  pair = [r for r in rows if r["prompt"].endswith("Preferred Summary=")]
+  direct = [r for r in rows if r not in pair]
+  assert pair and direct
+  ones = sum(r["response"] == "1" for r in pair) / len(pair)
+  assert 0.4 < ones < 0.6                     # no position to learn instead of quality
+  assert all(r["response"] in ("1", "2") for r in pair)
+  assert all(1 <= int(r["response"]) <= 10 for r in direct)
+
+
 def test_world_files_are_idempotent(tmp_path):
   kw = dict(n_sft=40, n_prompts=20, n_eval=10, n_labeler=40)
   paths = world_data.write(str(tmp_path), **kw)

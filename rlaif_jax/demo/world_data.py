@@ -11,8 +11,11 @@ set stands in for the instruction tuning an off-the-shelf LLM brings along: it
 teaches a small LM to answer the labeler's own prompts – the pairwise question
 ("Preferred Summary=" → "1"/"2", both orders equally often) and the direct 1–10 question – on posts and summaries
 the world makes up, never on the pipeline's pairs, with the expert's answer
-(the oracle's noise-free choice) as an instruction-tuned LLM's "knowledge". This is the only place the
-oracle reaches the labeler.
+(the oracle's noise-free choice) as an instruction-tuned LLM's "knowledge". Half
+of its pairs are minimal pairs (one fact invented or dropped, or one clause of
+padding added), which teach a small LM to look for coverage and invention far
+sooner than pairs that differ everywhere. This is the only place the oracle
+reaches the labeler.
 """
 from __future__ import annotations
 
@@ -77,10 +80,52 @@ def labeler_templates() -> tuple[P.Template, P.DirectTemplate]:
           P.direct_template("summarization", {"preamble": DIRECT_PREAMBLE}))
 
 
-def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 0.3) -> list[dict]:
+_PADS = ("long story", "not sure what to do", "we are friends")
+
+
+def minimal_pair(post: str, rng: random.Random) -> tuple[str, str]:
+  """Two summaries of `post` that differ in ONE edit – a fact replaced by one the
+  post never mentions, a fact dropped, or a padding clause added – the better one
+  first. Contrastive pairs like these are how an instruction-tuned LLM comes to
+  "see" coverage and invention; a small LM learns them far faster than it learns
+  from pairs that differ everywhere."""
+  facts, words = world.facts_of(post), frozenset(post.split())
+  keep = {s: rng.random() < 0.85 for s in ("who", "deed", "thing", "ask")}
+  pads = [rng.choice(_PADS) for _ in range(rng.choice((0, 0, 1)))]
+  short_ask = rng.random() < 0.5
+
+  def render(f, keep, pads):
+    who = f["who"] if keep["who"] else "someone"
+    deed = f["deed"] if keep["deed"] else "took"
+    thing = f["thing"] if keep["thing"] else "stuff"
+    clauses = [f"{'my ' if keep['who'] else ''}{who} {deed} my {thing}"] + list(pads)
+    if keep["ask"]:
+      clauses.append((f["ask"] if short_ask else world.ASK[f["ask"]]) + " ?")
+    text = " , ".join(clauses)
+    return text if text.endswith("?") else text + " ."
+
+  good = render(facts, keep, pads)
+  edit = rng.choice(("invent", "invent", "drop", "pad"))
+  kept = [s for s in keep if keep[s]]
+  bad_facts, bad_keep, bad_pads = dict(facts), dict(keep), list(pads)
+  if edit == "invent" and kept:
+    slot = rng.choice(kept)
+    pool = {"who": world.WHO, "deed": world.DEED, "thing": world.THING,
+            "ask": sorted(world.ASK)}[slot]
+    bad_facts[slot] = rng.choice([w for w in pool if w not in words and w != facts[slot]])
+  elif edit == "drop" and kept:
+    bad_keep[rng.choice(kept)] = False
+  else:
+    bad_pads.insert(rng.randint(0, len(pads)), rng.choice(_PADS))
+  return good, render(bad_facts, bad_keep, bad_pads)
+
+
+def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 0.3,
+                 minimal_share: float = 0.5) -> list[dict]:
   """Labeling prompts with the oracle's answers (see the module docstring): the
   pairwise answer is the expert's (noise-free) choice on pairs whose quality
-  differs by at least `min_gap`; the direct answer is the oracle's rating."""
+  differs by at least `min_gap` (a `minimal_share` of them minimal pairs, see
+  `minimal_pair`); the direct answer is the oracle's rating."""
   rng = random.Random(seed + 104729)
   oracle = world.Oracle()
   pair_t, direct_t = labeler_templates()
@@ -92,9 +137,12 @@ def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 
       rows.append({"id": f"l{seed}-{i}", "prompt": direct_prompt(direct_t, post, y),
                    "response": str(oracle.rating(post, y))})
       continue
-    a = world.random_summary(post, rng)
-    b = world.reference_summary(post, rng) if rng.random() < 0.5 else \
-        world.random_summary(post, rng)
+    if rng.random() < minimal_share:
+      a, b = minimal_pair(post, rng)
+    else:
+      a = world.random_summary(post, rng)
+      b = world.reference_summary(post, rng) if rng.random() < 0.5 else \
+          world.random_summary(post, rng)
     gap = oracle.quality(post, a) - oracle.quality(post, b)
     if abs(gap) < min_gap:
       continue
