@@ -105,7 +105,10 @@ def _generate(graphdef, cfg: SamplingConfig, stop_ids: tuple, eos_id: int, pad_i
   m = max((len(s) for s in stop_ids), default=0)
   cache = dict(cache, valid=jnp.zeros_like(cache["valid"]))      # stale slots from last call
   prompt_len = jnp.sum(mask, axis=-1).astype(jnp.int32)
-  logits, cache = model(tokens, mask, positions_from_mask(mask), cache, 0)
+  # Prefill: only the last position's logits are needed (left padding puts every
+  # prompt's last token there); skipping the rest saves a (B, P, V) matmul.
+  hidden, cache = model.hidden(tokens, mask, positions_from_mask(mask), cache, 0)
+  logits = model.logits(hidden[:, -1:])
 
   # `out` keeps m filler columns (-1, never a token) in front so that the stop
   # window of the first tokens never reads outside the array.
