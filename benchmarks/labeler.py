@@ -18,13 +18,14 @@ printed next to the measured ratio.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import jax
 import numpy as np
+
+import common
 
 
 def run(engine, name, contexts, tails, query, reps):
@@ -36,29 +37,20 @@ def run(engine, name, contexts, tails, query, reps):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--d_model", type=int, default=512)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--vocab", type=int, default=32000)
+  p = common.parser(__doc__)
   p.add_argument("--prefix", type=int, default=1000, help="preamble + 1 exemplar tokens")
   p.add_argument("--context", type=int, default=300)
   p.add_argument("--response", type=int, default=40)
   p.add_argument("--pairs", type=int, default=16)
   p.add_argument("--batch", type=int, default=8, help="pairs per program")
   p.add_argument("--reps", type=int, default=1)
-  p.add_argument("--json", action="store_true")
   a = p.parse_args()
 
-  from jax.sharding import AxisType
 
   from rlaif_jax.labeler.engine import ScoringEngine
-  from rlaif_jax.models import ModelConfig, Transformer, init_sharded
-  cfg = ModelConfig(vocab_size=a.vocab, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
-                    n_kv_heads=a.heads, head_dim=a.d_model // a.heads, d_ff=4 * a.d_model,
-                    max_seq_len=4096)
-  mesh = jax.make_mesh((jax.device_count(), 1, 1), ("data", "fsdp", "tensor"),
-                       axis_types=(AxisType.Auto,) * 3)
+  from rlaif_jax.models import Transformer, init_sharded
+  cfg = common.model_config(a)
+  mesh = common.data_parallel_mesh()
   model = init_sharded(lambda r: Transformer(cfg, r), mesh)
   rng = np.random.default_rng(0)
   ids = lambda n: rng.integers(3, a.vocab, n).tolist()

@@ -7,7 +7,6 @@ random prompts, greedy decoding of exactly `--new` tokens (no EOS) in both.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -15,14 +14,14 @@ import time
 import jax
 import numpy as np
 
+import common
+
 
 def bench_ours(cfg, prompts, new, reps):
-  from jax.sharding import AxisType
 
   from rlaif_jax.models import Transformer, init_sharded
   from rlaif_jax.sampling import Sampler, SamplingConfig
-  mesh = jax.make_mesh((jax.device_count(), 1, 1), ("data", "fsdp", "tensor"),
-                       axis_types=(AxisType.Auto,) * 3)
+  mesh = common.data_parallel_mesh()
   model = init_sharded(lambda r: Transformer(cfg, r), mesh)
   sampler = Sampler(model, mesh, eos_id=-1)
   mask = np.ones(prompts.shape, bool)
@@ -61,22 +60,14 @@ def bench_torch(cfg, prompts, new, reps):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--d_model", type=int, default=512)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--vocab", type=int, default=32000)
+  p = common.parser(__doc__)
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--prompt", type=int, default=64)
   p.add_argument("--new", type=int, default=64)
   p.add_argument("--reps", type=int, default=3)
   p.add_argument("--no_torch", action="store_true")
-  p.add_argument("--json", action="store_true")
   a = p.parse_args()
-  from rlaif_jax.models import ModelConfig
-  cfg = ModelConfig(vocab_size=a.vocab, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
-                    n_kv_heads=a.heads, head_dim=a.d_model // a.heads, d_ff=4 * a.d_model,
-                    max_seq_len=4096)
+  cfg = common.model_config(a)
   prompts = np.random.default_rng(0).integers(3, a.vocab, (a.batch, a.prompt)).astype(np.int32)
   ours = bench_ours(cfg, prompts, a.new, a.reps)
   ref = None if a.no_torch else bench_torch(cfg, prompts, a.new, a.reps)

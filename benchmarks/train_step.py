@@ -11,14 +11,16 @@ same shapes, same batch), with ours/reference (higher is better).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import common
 
 
 def peak_matmul_flops(n: int = 2048, reps: int = 10) -> float:
@@ -38,26 +40,21 @@ def model_flops_per_token(cfg, seq: int) -> float:
 
 
 def bench_ours(cfg, batch: int, seq: int, steps: int) -> float:
-  import ml_collections
-  from jax.sharding import AxisType
-
   from rlaif_jax.config import base_config
   from rlaif_jax.learners.sft import sft_loss
   from rlaif_jax.learners.trainer import Trainer
+  from rlaif_jax.mesh import global_batch
   from rlaif_jax.models import Transformer, init_sharded
 
   config = base_config()
   config.train.update(batch_size=batch, optimizer="adamw", lr=1e-4, warmup_steps=0,
                       schedule="constant", grad_clip=0.0, weight_decay=0.0)
-  mesh = jax.make_mesh((jax.device_count(), 1, 1), ("data", "fsdp", "tensor"),
-                       axis_types=(AxisType.Auto,) * 3)
+  mesh = common.data_parallel_mesh()
   model = init_sharded(lambda r: Transformer(cfg, r), mesh)
-  import tempfile
   trainer = Trainer(config, tempfile.mkdtemp(), mesh, model, sft_loss, name="bench")
   rng = np.random.default_rng(0)
   data = {"tokens": rng.integers(3, cfg.vocab_size, (batch, seq)).astype(np.int32),
           "mask": np.ones((batch, seq), bool), "response_mask": np.ones((batch, seq), bool)}
-  from rlaif_jax.mesh import global_batch
   data = global_batch(data, mesh)
   jax.block_until_ready(trainer.step(data))          # compile
   jax.block_until_ready(trainer.step(data))
@@ -65,7 +62,6 @@ def bench_ours(cfg, batch: int, seq: int, steps: int) -> float:
   for _ in range(steps):
     m = trainer.step(data)
   jax.block_until_ready(m)
-  del ml_collections
   return batch * seq * steps / (time.perf_counter() - t)
 
 
@@ -97,22 +93,14 @@ def bench_torch(cfg, batch: int, seq: int, steps: int) -> float | None:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--d_model", type=int, default=512)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--vocab", type=int, default=32000)
+  p = common.parser(__doc__)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--no_torch", action="store_true")
-  p.add_argument("--json", action="store_true")
   a = p.parse_args()
-  from rlaif_jax.models import ModelConfig
-  cfg = ModelConfig(vocab_size=a.vocab, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
-                    n_kv_heads=a.heads, head_dim=a.d_model // a.heads, d_ff=4 * a.d_model,
-                    max_seq_len=a.seq, dtype=a.dtype)
+  cfg = common.model_config(a, max_seq_len=a.seq, dtype=a.dtype)
   peak = peak_matmul_flops()
   ours = bench_ours(cfg, a.batch, a.seq, a.steps)
   ref = None if a.no_torch else bench_torch(cfg, a.batch, a.seq, a.steps)
