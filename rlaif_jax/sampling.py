@@ -91,10 +91,23 @@ def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
   return x
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+  """argmax over the last axis (first index on ties) as max, compare, min.
+
+  Same result as `jnp.argmax` for finite x; XLA:CPU runs argmax's variadic
+  (value, index) reduction ~4x slower than these plain reductions, which
+  showed as 1.2 ms of a 30 ms decode step at vocab 32000.
+  """
+  hit = x == jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+
+
 def choose(key: jax.Array, logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
   if cfg.temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, filter_logits(logits, cfg), axis=-1).astype(jnp.int32)
+    return first_argmax(logits)
+  # Gumbel-max, as `jax.random.categorical` does, with the cheaper argmax.
+  gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
+  return first_argmax(filter_logits(logits, cfg) + gumbel)
 
 
 def _generate(graphdef, cfg: SamplingConfig, stop_ids: tuple, eos_id: int, pad_id: int,
