@@ -93,6 +93,34 @@ def test_direct_labeler_reward_and_eos_in_rollouts(mesh, tmp_path):
     assert not np.any(ro["rewards"][i, n:]) and not np.any(ro["advantages"][i, n:])
 
 
+def test_validation_reward_keeps_the_best_policy(mesh, tmp_path):
+  """Every eval_every iterations the greedy responses to the held-out prompts are
+  scored; best_model holds the policy of the best score, which an independent
+  greedy decode of that saved policy reproduces."""
+  from rlaif_jax.learners.rl_rewards import lowercase_fraction
+  from rlaif_jax.models import store
+  from rlaif_jax.sampling import Sampler, SamplingConfig
+  c = toy_config()
+  with c.unlocked():
+    c.train.update(steps=9, eval_every=3, eval_batches=1)
+  lrn = learner(c, tmp_path, mesh)
+  result = lrn.fit()
+  rows = read_jsonl(tmp_path / "metrics" / "rl.jsonl")
+  evals = {r["step"]: r["eval/reward"] for r in rows if "eval/reward" in r}
+  assert sorted(evals) == [3, 6, 9]
+  best_step = max(evals, key=evals.get)
+  assert result["best_iteration"] == best_step and result["best_eval_reward"] == evals[best_step]
+
+  batch = lrn.validation_prompts()[0]
+  policy = store.load_any(str(tmp_path / "best_model"), mesh, "lm")
+  out = Sampler(policy, mesh, eos_id=lrn.tok.eos_token_id, pad_id=lrn.tok.pad_token_id,
+                tokenizer=lrn.tok)(batch["prompt_tokens"], batch["prompt_mask"],
+                                   SamplingConfig(max_new_tokens=lrn.n_new))
+  texts = [lrn.tok.decode(t[:n], skip_special_tokens=True) for t, n in zip(out.tokens, out.lengths)]
+  want = np.mean(lowercase_fraction(list(batch["prompt"]), texts))
+  np.testing.assert_allclose(evals[best_step], want, rtol=1e-6)
+
+
 # ------------------------------------------------------------ exact resume
 
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16",

@@ -142,12 +142,21 @@ def summary_from(facts: dict, rng: random.Random, keep: dict, invent: dict,
 
 
 def reference_summary(post: str, rng: random.Random) -> str:
-  """A Reddit-style TL;DR: usually right, often incomplete or padded, rarely wrong."""
+  """A Reddit-style TL;DR: usually right, usually padded, often without the
+  author's question, rarely wrong.
+
+  The odds are set so that the MOST LIKELY summary – what a greedy SFT policy
+  imitating these writes – is mediocre: "my W D my T , i am upset ." (quality
+  2.0: the question left out, a clause of padding in), where the best summary
+  "my W D my T , ask ?" scores 3.2. That gap is what RL has to find; with the
+  question kept more often than not, greedy SFT was already within 0.3 of the
+  best and no arm could beat it clearly.
+  """
   facts, words = facts_of(post), frozenset(post.split())
   keep = {s: rng.random() < p for s, p in
-          (("who", 0.8), ("deed", 0.85), ("thing", 0.8), ("ask", 0.6))}
+          (("who", 0.8), ("deed", 0.7), ("thing", 0.8), ("ask", 0.35))}
   invent = {s: rng.random() < 0.06 for s in ("who", "thing", "ask")}
-  return summary_from(facts, rng, keep, invent, rng.choice((0, 0, 1, 1, 2)), words)
+  return summary_from(facts, rng, keep, invent, rng.choice((0, 1, 1, 2)), words)
 
 
 def random_summary(post: str, rng: random.Random) -> str:

@@ -160,17 +160,19 @@ class RolloutState:
 
   def __init__(self, prompts, beta: float):
     self.prompts, self.beta, self.reward_stats = prompts, float(beta), [0, 0.0, 0.0]
+    self.best = {"iteration": 0, "reward": None}   # best validation reward so far
 
   def __next__(self):
     return next(self.prompts)
 
   def get_state(self):
     return {"prompts": self.prompts.get_state(), "beta": self.beta,
-            "reward_stats": list(self.reward_stats)}
+            "reward_stats": list(self.reward_stats), "best": dict(self.best)}
 
   def set_state(self, state):
     self.prompts.set_state(state["prompts"])
     self.beta, self.reward_stats = float(state["beta"]), list(state["reward_stats"])
+    self.best = dict(state.get("best", self.best))
 
 
 def rollout_seed(seed: int, iteration: int) -> int:
@@ -225,6 +227,37 @@ class RLLearner:
                 raw=raw, score=score, lengths=out.lengths, ended=out.ended,
                 sampler_logp=out.logprobs, prompts=list(prompts["prompt"]), responses=responses)
 
+  def validation_prompts(self) -> list[dict]:
+    """Up to `train.eval_batches` batches of held-out prompts, in a fixed order
+    (`data.eval_jsonl_path` or the `data.eval_split` split); [] when there are none."""
+    from rlaif_jax.data.pipeline import make_iterator
+    d = self.config.data.copy_and_resolve_references()
+    with d.unlocked():
+      d.split, d.shuffle = self.config.data.eval_split, False
+      if d.source == "jsonl":
+        if not self.config.data.eval_jsonl_path:
+          return []
+        d.jsonl_path, d.jsonl_kind = self.config.data.eval_jsonl_path, "prompts"
+    it = make_iterator(d, self.tok, kind="prompts", batch_size=self.config.train.batch_size,
+                       num_epochs=1)
+    return [b for b, _ in zip(it, range(self.config.train.eval_batches))]
+
+  def validation_reward(self, batches: list[dict]) -> float:
+    """Mean reward of the current policy's responses to the held-out prompts,
+    decoded at `rl.eval_temperature` (0: greedy, as the eval stage does)."""
+    params = self.trainer.state["params"]["policy"]
+    sc = SamplingConfig(max_new_tokens=self.n_new, temperature=self.r.eval_temperature)
+    rewards = []
+    for i, b in enumerate(batches):
+      out = self.sampler(b["prompt_tokens"], b["prompt_mask"], sc, seed=i, params=params)
+      tokens = np.concatenate([b["prompt_tokens"], out.tokens], 1)
+      mask = np.concatenate([b["prompt_mask"], np.arange(self.n_new)[None] < out.lengths[:, None]], 1)
+      with jax.set_mesh(self.mesh):
+        g_tokens, g_mask = global_batch((tokens, mask), self.mesh)
+      rewards.extend(np.asarray(self.reward(list(b["prompt"]), self.sampler.decode(out),
+                                            g_tokens, g_mask), np.float64))
+    return float(np.mean(rewards))
+
   def rollout_metrics(self, ro: dict, beta: float) -> dict:
     m = ro["response_mask"]
     seq_kl = np.sum(ro["kl"], 1)
@@ -262,6 +295,7 @@ class RLLearner:
     bar = tqdm(total=c.train.steps, initial=start, desc="rl", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     last = {}
+    validation = self.validation_prompts()
     try:
       for it in range(start, c.train.steps):
         t0 = time.perf_counter()
@@ -273,6 +307,12 @@ class RLLearner:
           state.beta = L.adaptive_kl_coef(state.beta, metrics["kl"], r.kl_target, r.kl_horizon,
                                           len(ro["tokens"]))
         step = it + 1
+        if validation and ((c.train.eval_every and step % c.train.eval_every == 0)
+                           or step == c.train.steps):
+          metrics["eval/reward"] = self.validation_reward(validation)
+          if state.best["reward"] is None or metrics["eval/reward"] > state.best["reward"]:
+            state.best = {"iteration": step, "reward": metrics["eval/reward"]}
+            store.save(self.trainer.model().policy, os.path.join(self.workdir, "best_model"))
         last = metrics
         if step % c.train.log_every == 0 or step == c.train.steps:
           samples = [{"prompt": p, "response": s, "reward": float(x)} for p, s, x in
@@ -288,6 +328,8 @@ class RLLearner:
       bar.close()
       writer.close()
       self.trainer.ckpt.wait_until_finished()
+    if state.best["reward"] is not None:
+      last.update({"best_iteration": state.best["iteration"], "best_eval_reward": state.best["reward"]})
     return last
 
 
@@ -314,6 +356,10 @@ def validate(config, mesh) -> None:
     if rows % r.minibatches or (rows // r.minibatches) % dp:
       raise ConfigError(f"train.batch_size={rows} must split into rl.minibatches={r.minibatches} "
                         f"minibatches of a multiple of data*fsdp={dp} rows")
+  if r.select not in ("last", "best"):
+    raise ConfigError(f"rl.select={r.select!r}: use last or best")
+  if r.eval_temperature < 0:
+    raise ConfigError(f"rl.eval_temperature={r.eval_temperature} must be >= 0")
   if jax.process_count() > 1:
     raise ConfigError("the rl stage runs single-controller for now (one process, any mesh)")
 
@@ -326,7 +372,16 @@ def run(config, workdir: str, mesh) -> dict:
                       make_reward(config, mesh))
   result = learner.fit()
   model = learner.trainer.model()
-  store.save(model.policy, os.path.join(workdir, "model"))
+  best = os.path.join(workdir, "best_model")
+  if config.rl.select == "best" and "best_iteration" in result:
+    # the paper's choice: the checkpoint with the highest validation reward
+    import shutil
+    shutil.rmtree(os.path.join(workdir, "model"), ignore_errors=True)
+    shutil.copytree(best, os.path.join(workdir, "model"))
+    logging.info("rl: model/ is the iteration-%d policy (validation reward %.4f)",
+                 result["best_iteration"], result["best_eval_reward"])
+  else:
+    store.save(model.policy, os.path.join(workdir, "model"))
   if model.value is not None:
     store.save(model.value, os.path.join(workdir, "value"))
   return result
