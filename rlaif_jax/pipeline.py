@@ -197,8 +197,10 @@ def run(config, workdir: str, mesh) -> dict:
 
   def rl(d, **reward_settings):
     from rlaif_jax.learners import rl as rl_learner
+    # validation prompts: held-out SFT posts, never the eval stage's
     c = stage_config(config, stage="rl", train=p.rl, tokenizer=tok, checkpoint=sft_model,
-                     jsonl_path=paths["prompts_train"], jsonl_kind="prompts")
+                     jsonl_path=paths["prompts_train"], jsonl_kind="prompts",
+                     eval_jsonl_path=paths["sft_valid"])
     with c.unlocked():
       c.rl.update(reward_settings)
       if reward_settings.get("reward") == "labeler":

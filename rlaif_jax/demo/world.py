@@ -159,6 +159,28 @@ def reference_summary(post: str, rng: random.Random) -> str:
   return summary_from(facts, rng, keep, invent, rng.choice((0, 1, 1, 2)), words)
 
 
+def sampled_summary(post: str, rng: random.Random) -> str:
+  """A reference-style summary with the slips of a policy sampled at temperature
+  1: a fact word swapped for another of its kind, a word dropped, a clause
+  repeated, a second question tacked on. Pairs of these are what the
+  pipeline's labeler is asked about (two samples of the SFT policy)."""
+  words = reference_summary(post, rng).split()
+  pools = (WHO, DEED, THING, tuple(ASK))
+  for i, w in enumerate(words):
+    pool = next((p for p in pools if w in p), None)
+    if pool is not None and rng.random() < 0.12:
+      words[i] = rng.choice(pool)
+  if len(words) > 3 and rng.random() < 0.15:
+    del words[rng.randrange(len(words) - 1)]
+  clauses = " ".join(words).rstrip(" .").split(" , ")
+  if rng.random() < 0.2:
+    clauses.insert(rng.randint(1, len(clauses)), rng.choice(clauses))
+  if rng.random() < 0.15:
+    clauses.append(rng.choice(sorted(ASK)) + " ?")
+  text = " , ".join(c for c in clauses if c)
+  return text if text.endswith("?") else text + " ."
+
+
 def random_summary(post: str, rng: random.Random) -> str:
   """Summaries of every quality (for the labeler's pre-training and tests)."""
   facts, words = facts_of(post), frozenset(post.split())

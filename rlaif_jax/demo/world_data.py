@@ -11,11 +11,15 @@ set stands in for the instruction tuning an off-the-shelf LLM brings along: it
 teaches a small LM to answer the labeler's own prompts – the pairwise question
 ("Preferred Summary=" → "1"/"2", both orders equally often) and the direct 1–10 question – on posts and summaries
 the world makes up, never on the pipeline's pairs, with the expert's answer
-(the oracle's noise-free choice) as an instruction-tuned LLM's "knowledge". Half
-of its pairs are minimal pairs (one fact invented or dropped, or one clause of
-padding added), which teach a small LM to look for coverage and invention far
-sooner than pairs that differ everywhere. This is the only place the oracle
-reaches the labeler.
+(the oracle's noise-free choice) as an instruction-tuned LLM's "knowledge".
+About a third of its pairs are minimal pairs (one fact invented or dropped, or
+one clause of padding added), which teach a small LM to look for coverage and
+invention far sooner than pairs that differ everywhere; two fifths are pairs of
+policy-like samples (`world.sampled_summary`: swapped facts, repeats, stray
+questions), the kind of text it will be asked about – without them the
+labeler learned cues (longer = more facts = better) that reverse on a
+sampled policy's pairs and agreed with the oracle on 44% of them. This is the
+only place the oracle reaches the labeler.
 """
 from __future__ import annotations
 
@@ -121,24 +125,29 @@ def minimal_pair(post: str, rng: random.Random) -> tuple[str, str]:
 
 
 def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 0.3,
-                 minimal_share: float = 0.5) -> list[dict]:
+                 minimal_share: float = 0.35, sampled_share: float = 0.4) -> list[dict]:
   """Labeling prompts with the oracle's answers (see the module docstring): the
   pairwise answer is the expert's (noise-free) choice on pairs whose quality
-  differs by at least `min_gap` (a `minimal_share` of them minimal pairs, see
-  `minimal_pair`); the direct answer is the oracle's rating."""
+  differs by at least `min_gap` – a `minimal_share` of them minimal pairs (see
+  `minimal_pair`), a `sampled_share` two policy-like samples
+  (`world.sampled_summary`), the rest random against reference summaries; the
+  direct answer is the oracle's rating."""
   rng = random.Random(seed + 104729)
   oracle = world.Oracle()
   pair_t, direct_t = labeler_templates()
   rows = []
   for i, post in enumerate(_posts(n, seed)):
     if rng.random() < direct_share:
-      y = world.random_summary(post, rng) if rng.random() < 0.7 else \
-          world.reference_summary(post, rng)
+      y = rng.choice((world.random_summary, world.reference_summary, world.sampled_summary,
+                      world.sampled_summary))(post, rng)
       rows.append({"id": f"l{seed}-{i}", "prompt": direct_prompt(direct_t, post, y),
                    "response": str(oracle.rating(post, y))})
       continue
-    if rng.random() < minimal_share:
+    kind = rng.random()
+    if kind < minimal_share:
       a, b = minimal_pair(post, rng)
+    elif kind < minimal_share + sampled_share:
+      a, b = world.sampled_summary(post, rng), world.sampled_summary(post, rng)
     else:
       a = world.random_summary(post, rng)
       b = world.reference_summary(post, rng) if rng.random() < 0.5 else \
@@ -148,9 +157,8 @@ def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 
       continue
     if rng.random() < 0.5:
       a, b, gap = b, a, -gap
-    vote = gap > 0
     rows.append({"id": f"l{seed}-{i}", "prompt": pairwise_prompt(pair_t, post, a, b),
-                 "response": "1" if vote else "2"})
+                 "response": "1" if gap > 0 else "2"})
   return rows
 
 

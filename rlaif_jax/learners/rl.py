@@ -25,10 +25,19 @@ which are fixed for the whole rollout – so it is an argument of the scoring
 program, not of the train step, and costs one forward pass per rollout rather
 than one per PPO minibatch.
 
+Checkpoint choice (the paper: checkpoints with high validation reward): every
+`train.eval_every` iterations and at the end, the policy answers held-out
+prompts (`data.eval_jsonl_path` or `data.eval_split`) at `rl.eval_temperature`
+and the run's own reward source scores them (`eval/reward`); the best policy
+so far is saved to <workdir>/best_model, and `rl.select="best"` makes it the
+stage's <workdir>/model. Being the training reward on unseen posts, it guards
+against a policy that degrades late in the run, not against over-optimising a
+reward model (the same RM judges both).
+
 Exact resume: the checkpoint holds the train state and, through the iterator
-hook of `Trainer.save`, the prompt iterator's position, β and the running
-reward statistics; each rollout's sampling seed is a function of the config
-seed and the iteration number. A killed run restarts at its last checkpoint
+hook of `Trainer.save`, the prompt iterator's position, β, the running reward
+statistics and the best validation result; each rollout's sampling seed is a
+function of the config seed and the iteration number. A killed run restarts at its last checkpoint
 and reproduces the uninterrupted run bit for bit.
 """
 from __future__ import annotations
