@@ -106,7 +106,7 @@ def test_world_files_are_idempotent(tmp_path):
 
 
 @pytest.mark.skipif(not os.environ.get("RLAIF_SLOW"),
-                    reason="trains the demo labeler: ~4 min on 2 CPU cores; set RLAIF_SLOW=1")
+                    reason="trains the demo labeler: ~3-4 min on 2 CPU cores; set RLAIF_SLOW=1")
 def test_trained_demo_labeler_beats_chance(tmp_path):
   import jax
   from rlaif_jax import config as C
