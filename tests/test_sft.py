@@ -68,7 +68,7 @@ def test_prompt_targets_carry_no_loss(mesh):
     logits, _ = nnx.jit(lambda m, t, k: m(t, k))(model, batch["tokens"], batch["mask"])
 
   def loss_of(b):
-    nll, w = response_nll(logits, b)
+    nll, w = response_nll(logits[:, :-1], b)
     return float((nll * w).sum() / w.sum())
   prompt_edit = dict(batch, tokens=batch["tokens"].copy())
   prompt_edit["tokens"][:, 1:5] = (prompt_edit["tokens"][:, 1:5] + 7) % 61 + 3

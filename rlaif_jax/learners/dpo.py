@@ -36,7 +36,7 @@ from flax import nnx
 
 from rlaif_jax.config import ConfigError
 from rlaif_jax.learners import common
-from rlaif_jax.learners.sft import response_nll
+from rlaif_jax.learners.sft import next_token_logits, response_nll
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import store
@@ -60,8 +60,8 @@ def dpo_loss(pi_a, pi_b, ref_a, ref_b, p, beta: float, label_smoothing: float = 
 
 def sequence_logprobs(model, tokens, mask, response_mask):
   """Σ over response tokens of log π(x_{t+1} | x_{≤t}), per row (B,), float32."""
-  logits, _ = model(tokens, mask)
-  nll, w = response_nll(logits, {"tokens": tokens, "mask": mask, "response_mask": response_mask})
+  nll, w = response_nll(next_token_logits(model, tokens, mask),
+                        {"tokens": tokens, "mask": mask, "response_mask": response_mask})
   return -jnp.sum(nll * w, axis=-1)
 
 

@@ -158,12 +158,16 @@ class Trainer:
       (loss, aux, grads), _ = jax.lax.scan(body, (l0, a0, g0), (rest, keys[1:]))
       loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
     gnorm = optax.tree.norm(grads)
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    new_state = {"params": keep(params, state["params"]),
-                 "opt_state": keep(opt_state, state["opt_state"]),
+
+    def apply(params, opt_state, grads):
+      updates, opt_state = self.tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+    # A NaN step leaves params and optimizer state as they were. A cond rather than
+    # a select of new against old: no extra pass over every parameter and moment.
+    params, opt_state = jax.lax.cond(ok, apply, lambda p, o, g: (p, o),
+                                     state["params"], state["opt_state"], grads)
+    new_state = {"params": params, "opt_state": opt_state,
                  "step": state["step"] + 1, "rng": jax.random.key_data(rng)}
     metrics = {"loss": loss, "grad_norm": gnorm, "finite": ok, **aux}
     return new_state, metrics
