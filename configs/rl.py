@@ -72,9 +72,8 @@ def get_config(variant: str = "toy"):
     c.train.update(batch_size=32, steps=40, optimizer="adamw", lr=3e-4, warmup_steps=0,
                    schedule="constant", log_every=5, checkpoint_every=10)
   elif variant in ("tldr_distilled", "tldr_direct"):
-    paper_scale(c, "tldr")       # Gemma-2B policy, value, reference and RM ...
-    # ... on one host: the RL loop runs in a single process (a TPU v5p-8: 4 chips
-    # of 95 GiB).
+    paper_scale(c, "tldr")       # Gemma-2B policy, value, reference and RM on a
+                                 # TPU v5p-8 (4 chips of 95 GiB)
     c.hardware.update(name="TPU v5p-8", chips=4, memory_gib_per_chip=95.0)
     c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)
     c.data.source = "tldr"       # rollout prompts: TL;DR training posts

@@ -148,3 +148,11 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
   return jax.tree.map(put, local)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A global array, whole, as numpy on every process (an all-gather across hosts)."""
+  if jax.process_count() > 1 and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

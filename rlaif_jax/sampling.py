@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from rlaif_jax.mesh import batch_sharding, data_parallel_size, logical_sharding
+from rlaif_jax.mesh import batch_sharding, data_parallel_size, logical_sharding, to_host
 from rlaif_jax.models.transformer import positions_from_mask
 
 
@@ -182,13 +182,6 @@ def encode_continuation(tokenizer, text: str, anchor: str = "\n") -> list[int]:
 _generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
 
 
-def _host(x) -> np.ndarray:
-  if jax.process_count() > 1 and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
 def put_rows(x: np.ndarray, mesh) -> jax.Array:
   """A full (every process holds all rows) array, batch dim over (data, fsdp)."""
   return jax.device_put(np.asarray(x), batch_sharding(mesh, np.ndim(x)))
@@ -251,7 +244,7 @@ class Sampler:
           self.params if params is None else params, cache,
           put_rows(tokens, self.mesh), put_rows(mask, self.mesh), key)
     self._caches[(b, p + cfg.max_new_tokens - 1)] = cache
-    result = SampleOutput(*(np.array(_host(x)[:rows]) for x in (out, logp, length, ended)))
+    result = SampleOutput(*(np.array(to_host(x)[:rows]) for x in (out, logp, length, ended)))
     if stop_strings:
       self._host_stop_check(result, stop_strings)
     return result

@@ -93,3 +93,32 @@ def test_labeling_batch_two_processes_match_one(tmp_path):
     assert (x["prompt"], x["response_a"], x["response_b"]) == (y["prompt"], y["response_a"], y["response_b"])
     np.testing.assert_allclose(x["p_ab"] + x["p_ba"], y["p_ab"] + y["p_ba"], atol=1e-5)
     assert x["same_position_won"] == y["same_position_won"]
+
+
+def test_rl_two_processes_match_one(tmp_path):
+  """An RL run (PPO, RM-free callable reward) on 2 processes x 4 devices samples
+  the same responses and takes the same steps as on 1 process x 8 devices:
+  every process holds the whole rollout and trains on its own block of rows."""
+  args = ["--config=configs/rl.py:toy", "--config.train.steps=4", "--config.train.log_every=1",
+          "--config.train.eval_every=2", "--config.train.eval_batches=1",
+          "--config.rl.algorithm=ppo", "--config.rl.minibatches=2", "--config.rl.ppo_epochs=1",
+          "--config.rl.reward_fn=rlaif_jax.learners.rl_rewards:lowercase_fraction",
+          "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
+  p1 = subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
+                        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        start_new_session=True)
+  p2 = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--", *args,
+                         f"--workdir={two}"], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, start_new_session=True)
+  finish(p1, p2)
+  rows = lambda d: [json.loads(l) for l in (d / "metrics" / "rl.jsonl").read_text().splitlines()]
+  a, b = rows(one), rows(two)
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+  for x, y in zip(a, b):
+    assert [s["response"] for s in x["samples"]] == [s["response"] for s in y["samples"]]
+    for key in ("reward", "kl", "response_length", "loss", "eval/reward"):
+      if key in x:
+        np.testing.assert_allclose(y[key], x[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  assert "eval/reward" in a[1] and "eval/reward" in a[3]

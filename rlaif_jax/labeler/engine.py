@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlaif_jax.mesh import data_parallel_size, logical_sharding
+from rlaif_jax.mesh import data_parallel_size, logical_sharding, to_host
 from rlaif_jax.models.transformer import positions_from_mask
-from rlaif_jax.sampling import _host, put_rows
+from rlaif_jax.sampling import put_rows
 
 
 def _round(n: int, bucket: int) -> int:
@@ -214,5 +214,5 @@ class ScoringEngine:
         res = _uncached(self.graphdef, g, tail_width, self.params, put_rows(tok, self.mesh),
                         put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32), self.mesh),
                         q)
-    return {k: _host(v) for k, v in res.items()}
+    return {k: to_host(v) for k, v in res.items()}
 

@@ -25,6 +25,12 @@ which are fixed for the whole rollout – so it is an argument of the scoring
 program, not of the train step, and costs one forward pass per rollout rather
 than one per PPO minibatch.
 
+Several processes (hosts): every process holds the whole rollout batch on the
+host (prompts gathered in the order one process would read them), the sampler
+and scorers run on the global mesh, the reward function sees every row, and
+each process feeds its own block of rows to the sharded train step – so 2
+processes × 4 devices sample and train exactly as 1 × 8 does.
+
 Checkpoint choice (the paper: checkpoints with high validation reward): every
 `train.eval_every` iterations and at the end, the policy answers held-out
 prompts (`data.eval_jsonl_path` or `data.eval_split`) at `rl.eval_temperature`
@@ -61,7 +67,7 @@ from rlaif_jax.learners.dpo import copy_params
 from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
 from rlaif_jax.learners.trainer import Trainer
-from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding
+from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding, to_host
 from rlaif_jax.models import store
 from rlaif_jax.sampling import Sampler, SamplingConfig
 
@@ -188,6 +194,51 @@ def rollout_seed(seed: int, iteration: int) -> int:
   return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] >> 1)
 
 
+# ------------------------------------------------------------------ processes
+# Several processes (hosts) run one rollout together: every process holds the
+# whole rollout batch on the host – the sampler and the scorers run on the global
+# mesh, the reward function sees every row – and feeds its own block of rows to
+# the sharded train step.
+
+def _gather_text(texts: list) -> list[str]:
+  from jax.experimental import multihost_utils
+  raw = [str(t).encode("utf-8") for t in texts]
+  lengths = np.array([len(r) for r in raw], np.int32)
+  width = int(np.max(multihost_utils.process_allgather(np.array([lengths.max(initial=0)]))))
+  buf = np.zeros((len(raw), max(width, 1)), np.uint8)
+  for i, r in enumerate(raw):
+    buf[i, :len(r)] = np.frombuffer(r, np.uint8)
+  buf = np.asarray(multihost_utils.process_allgather(buf, tiled=True))
+  lengths = np.asarray(multihost_utils.process_allgather(lengths, tiled=True))
+  return [bytes(b[:n]).decode("utf-8") for b, n in zip(buf, lengths)]
+
+
+def all_rows(local: dict) -> dict:
+  """Every process's rows of a batch, in the order one process reads them (the
+  data pipeline deals rows out round-robin: row j of process p is global row
+  j·P + p), so a multi-process rollout samples what a single-process one does."""
+  n = jax.process_count()
+  if n == 1:
+    return local
+  from jax.experimental import multihost_utils
+  out = {}
+  for key, v in local.items():
+    text = not (isinstance(v, np.ndarray) and v.dtype != object)
+    x = np.array(_gather_text(list(v)), dtype=object) if text else \
+        np.asarray(multihost_utils.process_allgather(v, tiled=True))
+    x = x.reshape(n, -1, *x.shape[1:]).swapaxes(0, 1).reshape(-1, *x.shape[1:])
+    out[key] = list(x) if text else x
+  return out
+
+
+def own_rows(x: np.ndarray) -> np.ndarray:
+  """This process's block of a batch every process holds whole: the rows that
+  `mesh.global_batch` places on its devices."""
+  n, i = jax.process_count(), jax.process_index()
+  size = len(x) // n
+  return x[i * size:(i + 1) * size]
+
+
 class RLLearner:
   def __init__(self, config, workdir, mesh, tok, model: ActorCritic, reward):
     r = self.r = config.rl
@@ -216,7 +267,7 @@ class RLLearner:
     mask = np.concatenate([pm, resp_mask], 1)
     responses = self.sampler.decode(out)
     with jax.set_mesh(self.mesh):
-      g_tokens, g_mask = global_batch((tokens, mask), self.mesh)
+      g_tokens, g_mask = global_batch((own_rows(tokens), own_rows(mask)), self.mesh)
       logp, values, entropy, ref_logp = _score(self.trainer.graphdef, self.ref_graphdef,
                                                self.n_new, params, self.ref_params,
                                                g_tokens, g_mask)
@@ -228,11 +279,10 @@ class RLLearner:
           r.algorithm, r.kl_estimator, r.gamma, r.lam,
           bool(r.whiten_advantages and r.algorithm == "ppo"),
           logp, ref_logp, values, resp_mask, score, np.float32(state.beta))
-    host = lambda x: np.asarray(jax.device_get(x))
-    logp, values, entropy, kl, adv, returns = map(host, (logp, values, entropy, kl, adv, returns))
+    logp, values, entropy, kl, adv, returns = map(to_host, (logp, values, entropy, kl, adv, returns))
     return dict(tokens=tokens, mask=mask, response_mask=resp_mask, old_logp=logp,
                 old_values=values, advantages=adv, returns=returns, kl=kl, entropy=entropy,
-                rewards=host(rewards), ref_logp=host(ref_logp),
+                rewards=to_host(rewards), ref_logp=to_host(ref_logp),
                 raw=raw, score=score, lengths=out.lengths, ended=out.ended,
                 sampler_logp=out.logprobs, prompts=list(prompts["prompt"]), responses=responses)
 
@@ -249,7 +299,7 @@ class RLLearner:
         d.jsonl_path, d.jsonl_kind = self.config.data.eval_jsonl_path, "prompts"
     it = make_iterator(d, self.tok, kind="prompts", batch_size=self.config.train.batch_size,
                        num_epochs=1)
-    return [b for b, _ in zip(it, range(self.config.train.eval_batches))]
+    return [all_rows(b) for b, _ in zip(it, range(self.config.train.eval_batches))]
 
   def validation_reward(self, batches: list[dict]) -> float:
     """Mean reward of the current policy's responses to the held-out prompts,
@@ -262,7 +312,7 @@ class RLLearner:
       tokens = np.concatenate([b["prompt_tokens"], out.tokens], 1)
       mask = np.concatenate([b["prompt_mask"], np.arange(self.n_new)[None] < out.lengths[:, None]], 1)
       with jax.set_mesh(self.mesh):
-        g_tokens, g_mask = global_batch((tokens, mask), self.mesh)
+        g_tokens, g_mask = global_batch((own_rows(tokens), own_rows(mask)), self.mesh)
       rewards.extend(np.asarray(self.reward(list(b["prompt"]), self.sampler.decode(out),
                                             g_tokens, g_mask), np.float64))
     return float(np.mean(rewards))
@@ -290,7 +340,7 @@ class RLLearner:
       order = rng.permutation(rows) if self.minibatches > 1 else np.arange(rows)
       for k in range(self.minibatches):
         idx = order[k * size:(k + 1) * size]
-        metrics = self.trainer.step({key: ro[key][idx] for key in TRAIN_KEYS})
+        metrics = self.trainer.step({key: own_rows(ro[key][idx]) for key in TRAIN_KEYS})
         host = self.trainer.check(int(self.trainer.state["step"]), metrics)
         for key, v in host.items():
           sums[key] = sums.get(key, 0.0) + v / self.updates
@@ -308,7 +358,7 @@ class RLLearner:
     try:
       for it in range(start, c.train.steps):
         t0 = time.perf_counter()
-        ro = self.rollout(next(state), it, state)
+        ro = self.rollout(all_rows(next(state)), it, state)
         metrics = self.rollout_metrics(ro, state.beta)
         metrics.update(self.update(ro, it))
         metrics["seconds_per_iteration"] = time.perf_counter() - t0
@@ -369,8 +419,6 @@ def validate(config, mesh) -> None:
     raise ConfigError(f"rl.select={r.select!r}: use last or best")
   if r.eval_temperature < 0:
     raise ConfigError(f"rl.eval_temperature={r.eval_temperature} must be >= 0")
-  if jax.process_count() > 1:
-    raise ConfigError("the rl stage runs single-controller for now (one process, any mesh)")
 
 
 def run(config, workdir: str, mesh) -> dict:

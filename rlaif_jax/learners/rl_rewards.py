@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.config import ConfigError
+from rlaif_jax.mesh import to_host
 
 
 class ModelReward:
@@ -33,7 +34,7 @@ class ModelReward:
 
   def __call__(self, prompts, responses, tokens, mask) -> np.ndarray:
     with jax.set_mesh(self.mesh):
-      return np.asarray(_rm_scores(self.graphdef, self.params, tokens, mask), np.float32)
+      return np.asarray(to_host(_rm_scores(self.graphdef, self.params, tokens, mask)), np.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from rlaif_jax.mesh import to_host
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.sharding import abstract_model, init_sharded, state_shardings
 from rlaif_jax.models.transformer import ScalarModel, Transformer
@@ -175,13 +176,6 @@ def load_hf(path: str, mesh, kind: str = "lm", seed: int = 0, **cfg_overrides):
   raise ValueError(f"kind={kind!r}: expected 'lm' or 'scalar'")
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  if jax.process_count() > 1 and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
 def export_hf(model: Transformer, out_dir: str, tokenizer=None,
               max_shard_bytes: int = 2 * 1024**3, dtype=np.float32) -> None:
   """Writes `model` as a HF directory that `transformers` loads.
@@ -195,7 +189,7 @@ def export_hf(model: Transformer, out_dir: str, tokenizer=None,
   tensors = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     name, _, to_hf = rule(path)
-    tensors[name] = np.ascontiguousarray(to_hf(_to_host(var[...])).astype(dtype))
+    tensors[name] = np.ascontiguousarray(to_hf(to_host(var[...])).astype(dtype))
   if jax.process_index() != 0:
     return
   if "://" in out_dir:      # e.g. gs://: write locally, then copy through epath
