@@ -4,6 +4,7 @@ and their checkpoints restore in a single process."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +26,26 @@ def single(workdir, steps):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def two_processes(workdir, steps):
-  return subprocess.Popen([str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--",
-                           *ARGS, f"--workdir={workdir}", f"--config.train.steps={steps}"],
-                          env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          start_new_session=True)
+def run_two_processes(args, workdir, timeout=300):
+  """Runs `python -m rlaif_jax.main *args` as 2 processes x 4 devices and waits.
+
+  gloo's handshake for a new collective has a fixed 30 s deadline, which on this
+  2-core machine sometimes expires while one host is still compiling; that
+  transport failure, and only it, earns one retry in a fresh workdir.
+  """
+  for attempt in (1, 2):
+    shutil.rmtree(workdir, ignore_errors=True)
+    p = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--", *args,
+                          f"--workdir={workdir}"], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+      out, _ = p.communicate(timeout=timeout)
+    finally:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+    if p.returncode == 0 or b"Gloo context initialization failed" not in out or attempt == 2:
+      break
+  assert p.returncode == 0, out.decode()[-3000:]
 
 
 def finish(*procs, timeout=300):
@@ -50,7 +66,8 @@ def losses(workdir):
 
 def test_two_processes_match_one_and_checkpoints_cross_over(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
-  finish(single(one, 8), two_processes(two, 8))
+  finish(single(one, 8))
+  run_two_processes([*ARGS, "--config.train.steps=8"], two)
   a, b = losses(one), losses(two)
   assert sorted(a) == sorted(b) == list(range(1, 9))
   # Same global batches (each host reads its share), same program: the losses
@@ -79,13 +96,10 @@ def test_labeling_batch_two_processes_match_one(tmp_path):
           "--config.labeler.shard_size=8"]
   one, two = tmp_path / "one", tmp_path / "two"
   env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
-  p1 = subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
-                        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        start_new_session=True)
-  p2 = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--", *args,
-                         f"--workdir={two}"], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, start_new_session=True)
-  finish(p1, p2)
+  finish(subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True))
+  run_two_processes(args, two)
   rows = lambda d: [json.loads(l) for l in (d / "labels.jsonl").read_text().splitlines()]
   a, b = rows(one), rows(two)
   assert len(a) == len(b) == 16
@@ -104,30 +118,12 @@ def test_rl_two_processes_match_one(tmp_path):
           "--config.rl.algorithm=ppo", "--config.rl.minibatches=2", "--config.rl.ppo_epochs=1",
           "--config.rl.reward_fn=rlaif_jax.learners.rl_rewards:lowercase_fraction",
           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
-  one = tmp_path / "one"
+  one, two = tmp_path / "one", tmp_path / "two"
   env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
-  # One after the other: RL compiles a dozen programs, and under three processes'
-  # load on 2 cores one host could reach a collective more than gloo's fixed 30 s
-  # handshake after the other.
   finish(subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True))
-  for attempt in (1, 2):
-    two = tmp_path / f"two{attempt}"
-    p = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--", *args,
-                          f"--workdir={two}"], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-      out, _ = p.communicate(timeout=300)
-    finally:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-    # gloo's fixed 30 s handshake sometimes expires on this 2-core machine (one
-    # host compiling while the other waits); that transport failure, and only it,
-    # earns one retry
-    if p.returncode == 0 or b"Gloo context initialization failed" not in out or attempt == 2:
-      break
-  assert p.returncode == 0, out.decode()[-3000:]
+  run_two_processes(args, two)
   rows = lambda d: [json.loads(l) for l in (d / "metrics" / "rl.jsonl").read_text().splitlines()]
   a, b = rows(one), rows(two)
   assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]

@@ -429,16 +429,14 @@ def run(config, workdir: str, mesh) -> dict:
                       make_reward(config, mesh))
   result = learner.fit()
   model = learner.trainer.model()
-  best = os.path.join(workdir, "best_model")
+  policy = model.policy
   if config.rl.select == "best" and "best_iteration" in result:
-    # the paper's choice: the checkpoint with the highest validation reward
-    import shutil
-    shutil.rmtree(os.path.join(workdir, "model"), ignore_errors=True)
-    shutil.copytree(best, os.path.join(workdir, "model"))
+    # the paper's choice: the checkpoint with the highest validation reward (read
+    # back through the store: collective on several hosts, any filesystem)
+    policy = store.load(os.path.join(workdir, "best_model"), mesh)
     logging.info("rl: model/ is the iteration-%d policy (validation reward %.4f)",
                  result["best_iteration"], result["best_eval_reward"])
-  else:
-    store.save(model.policy, os.path.join(workdir, "model"))
+  store.save(policy, os.path.join(workdir, "model"))
   if model.value is not None:
     store.save(model.value, os.path.join(workdir, "value"))
   return result
