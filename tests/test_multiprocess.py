@@ -19,11 +19,16 @@ ARGS = ["--config=configs/sft.py:toy", "--config.train.log_every=1",
         "--config.mesh.tensor=2"]
 
 
-def single(workdir, steps):
+def one_process(args, workdir):
+  """`python -m rlaif_jax.main *args` as 1 process x 8 devices (started, not awaited)."""
   env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
-  return subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *ARGS, f"--workdir={workdir}",
-                           f"--config.train.steps={steps}"], env=env, cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+  return subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={workdir}"],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+
+
+def single(workdir, steps):
+  return one_process([*ARGS, f"--config.train.steps={steps}"], workdir)
 
 
 def run_two_processes(args, workdir, timeout=300):
@@ -95,10 +100,7 @@ def test_labeling_batch_two_processes_match_one(tmp_path):
   args = ["--config=configs/label.py:toy", "--config.labeler.max_pairs=16",
           "--config.labeler.shard_size=8"]
   one, two = tmp_path / "one", tmp_path / "two"
-  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
-  finish(subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
-                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          start_new_session=True))
+  finish(one_process(args, one))
   run_two_processes(args, two)
   rows = lambda d: [json.loads(l) for l in (d / "labels.jsonl").read_text().splitlines()]
   a, b = rows(one), rows(two)
@@ -119,10 +121,7 @@ def test_rl_two_processes_match_one(tmp_path):
           "--config.rl.reward_fn=rlaif_jax.learners.rl_rewards:lowercase_fraction",
           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
   one, two = tmp_path / "one", tmp_path / "two"
-  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16")
-  finish(subprocess.Popen([sys.executable, "-m", "rlaif_jax.main", *args, f"--workdir={one}"],
-                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          start_new_session=True))
+  finish(one_process(args, one))
   run_two_processes(args, two)
   rows = lambda d: [json.loads(l) for l in (d / "metrics" / "rl.jsonl").read_text().splitlines()]
   a, b = rows(one), rows(two)

@@ -65,20 +65,22 @@ def data_iterator(config, tok, kind: str, num_epochs=None):
                        seed=config.seed, num_epochs=num_epochs)
 
 
-def eval_batches(config, tok, kind: str, mesh) -> list:
-  """Up to `train.eval_batches` global batches of the held-out split (fixed order)."""
-  from rlaif_jax.data.pipeline import make_iterator, numeric
+def heldout_batches(config, tok, kind: str) -> list[dict]:
+  """Up to `train.eval_batches` of this process's batches of the held-out split
+  (`data.eval_split`, or `data.eval_jsonl_path` for jsonl), fixed order; [] if none."""
+  from rlaif_jax.data.pipeline import make_iterator
   d = config.data.copy_and_resolve_references()
   with d.unlocked():
     d.split, d.shuffle = config.data.eval_split, False
     if d.source == "jsonl":
       if not config.data.eval_jsonl_path:
         return []
-      d.jsonl_path = config.data.eval_jsonl_path
+      d.jsonl_path, d.jsonl_kind = config.data.eval_jsonl_path, kind
   it = make_iterator(d, tok, kind=kind, batch_size=config.train.batch_size, num_epochs=1)
-  out = []
-  for batch in it:
-    out.append(global_batch(numeric(batch), mesh))
-    if len(out) == config.train.eval_batches:
-      break
-  return out
+  return [b for b, _ in zip(it, range(config.train.eval_batches))]
+
+
+def eval_batches(config, tok, kind: str, mesh) -> list:
+  """Up to `train.eval_batches` global batches of the held-out split (fixed order)."""
+  from rlaif_jax.data.pipeline import numeric
+  return [global_batch(numeric(b), mesh) for b in heldout_batches(config, tok, kind)]

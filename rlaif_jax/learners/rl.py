@@ -287,19 +287,8 @@ class RLLearner:
                 sampler_logp=out.logprobs, prompts=list(prompts["prompt"]), responses=responses)
 
   def validation_prompts(self) -> list[dict]:
-    """Up to `train.eval_batches` batches of held-out prompts, in a fixed order
-    (`data.eval_jsonl_path` or the `data.eval_split` split); [] when there are none."""
-    from rlaif_jax.data.pipeline import make_iterator
-    d = self.config.data.copy_and_resolve_references()
-    with d.unlocked():
-      d.split, d.shuffle = self.config.data.eval_split, False
-      if d.source == "jsonl":
-        if not self.config.data.eval_jsonl_path:
-          return []
-        d.jsonl_path, d.jsonl_kind = self.config.data.eval_jsonl_path, "prompts"
-    it = make_iterator(d, self.tok, kind="prompts", batch_size=self.config.train.batch_size,
-                       num_epochs=1)
-    return [all_rows(b) for b, _ in zip(it, range(self.config.train.eval_batches))]
+    """The held-out prompt batches, whole on every process ([] when none)."""
+    return [all_rows(b) for b in common.heldout_batches(self.config, self.tok, "prompts")]
 
   def validation_reward(self, batches: list[dict]) -> float:
     """Mean reward of the current policy's responses to the held-out prompts,
