@@ -49,7 +49,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from rlaif_jax.mesh import batch_sharding, data_parallel_size, logical_sharding, to_host
-from rlaif_jax.models.transformer import positions_from_mask
+from rlaif_jax.models.transformer import CACHE_AXES, cache_shape, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +209,8 @@ class Sampler:
     key = (b, slots)
     if key not in self._caches:
       c = self.cfg
-      shape = (b, slots, c.n_kv_heads, c.head_dim)
-      kv_sh = logical_sharding(("batch", "length", "kv_heads", "head_dim"), self.mesh, shape)
+      shape = cache_shape(c, b, slots)
+      kv_sh = logical_sharding(CACHE_AXES, self.mesh, shape)
       valid_sh = logical_sharding(("batch", "length"), self.mesh, (b, slots))
       dt = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
       make = jax.jit(lambda: {"k": [jnp.zeros(shape, dt) for _ in range(c.n_layers)],

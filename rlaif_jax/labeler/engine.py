@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.mesh import data_parallel_size, logical_sharding, to_host
-from rlaif_jax.models.transformer import positions_from_mask
+from rlaif_jax.models.transformer import CACHE_AXES, cache_shape, positions_from_mask
 from rlaif_jax.sampling import put_rows
 
 
@@ -53,9 +53,11 @@ def _cached(graphdef, g, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_m
   lp = prefix["valid"].shape[1]
   t = tail.shape[1]
 
-  def widen(x):  # (1, Lp, ...) -> (b, Lp + c + t, ...) with the prefix in front
+  def widen(x):  # slots Lp -> Lp + c + t, the prefix in front; 1 row -> b rows
     x = jnp.broadcast_to(x, (b,) + x.shape[1:])
-    pad = [(0, 0), (0, c + t)] + [(0, 0)] * (x.ndim - 2)
+    slot_axis = CACHE_AXES.index("length") if x.ndim == len(CACHE_AXES) else 1   # k/v or valid
+    pad = [(0, 0)] * x.ndim
+    pad[slot_axis] = (0, c + t)
     return jnp.pad(x, pad)
   cache = jax.tree.map(widen, prefix)
   n_ctx = jnp.sum(ctx_mask, -1)
@@ -141,8 +143,7 @@ class ScoringEngine:
         padded[0, :len(ids)] = ids
         kv = _prefill(self.graphdef, self.params, padded, np.arange(width)[None] < len(ids))
         c = self.cfg
-        kv_sh = logical_sharding((None, "length", "kv_heads", "head_dim"), self.mesh,
-                                 (1, width, c.n_kv_heads, c.head_dim))
+        kv_sh = logical_sharding((None,) + CACHE_AXES[1:], self.mesh, cache_shape(c, 1, width))
         kv = {"k": [jax.device_put(x, kv_sh) for x in kv["k"]],
               "v": [jax.device_put(x, kv_sh) for x in kv["v"]], "valid": kv["valid"]}
     self._prefixes[name] = (list(ids), kv)

@@ -16,10 +16,15 @@ real and not in its future, so right- and left-padded batches both work;
 positions come from the mask (`positions_from_mask`), so a left-padded
 sequence sees the same positions as the unpadded one.
 
-KV cache: a pytree `{"k": [L × (B, S, KV, D)], "v": [...], "valid": (B, S)}` with
-a fixed number of slots S. A call with `cache_index=i` writes its T tokens into
-slots i..i+T-1 and attends to every valid slot ≤ its own. Prefill is a call at
-index 0 with the whole (left-padded) prompt, decoding a call with T=1.
+KV cache: a pytree `{"k": [L × (B, KV, S, D)], "v": [...], "valid": (B, S)}` with
+a fixed number of slots S (`CACHE_AXES` names the axes). A call with
+`cache_index=i` writes its T tokens into slots i..i+T-1 and attends to every
+valid slot ≤ its own. Prefill is a call at index 0 with the whole (left-padded)
+prompt, decoding a call with T=1. Heads lead the slots so that each (row, head)
+owns one contiguous (S, D) block: a decode step's q·kᵀ and p·v are then batched
+matrix-vector products over that block, with no transposed copy of the cache
+(on XLA:CPU 2.8x faster per step than the (B, S, KV, D) layout, which had to be
+read strided).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from rlaif_jax.mesh import constrain
 from rlaif_jax.models.config import ModelConfig
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # logical axes of a cache's k / v
 
 
 def _param(rngs, shape, axes, std=None, value=None):
@@ -55,6 +61,11 @@ def dense(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
   y = jnp.dot(x.reshape(-1, math.prod(k)), w.reshape(math.prod(k), -1),
               preferred_element_type=jnp.float32)
   return y.astype(x.dtype).reshape(*lead, *out)
+
+
+def cache_shape(cfg: ModelConfig, batch: int, slots: int) -> tuple[int, ...]:
+  """Shape of one layer's k (or v) cache, axes `CACHE_AXES`."""
+  return (batch, cfg.n_kv_heads, slots, cfg.head_dim)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -134,13 +145,15 @@ class Attention(nnx.Module):
       q, k, v = (q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt),
                  v + self.v_bias[...].astype(dt))
     q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", None))
-    k = apply_rope(k, positions, inv_freq)
+    # (B, T, KV, D) -> the cache's (B, KV, T, D), cached or not: one attention code path
+    k = apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
     if layer_cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), slot0, 1)
-      v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), slot0, 1)
+      k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), slot0, 2)
+      v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), slot0, 2)
       layer_cache = {"k": k, "v": v}
     b, t, h, hd = q.shape
-    s, kvh = k.shape[1], k.shape[2]
+    kvh, s = k.shape[1], k.shape[2]
     q = q.reshape(b, t, kvh, h // kvh, hd)
     q_slot = slot0 + jnp.arange(t)
     allowed = key_valid[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slot[None, :, None])
@@ -150,7 +163,7 @@ class Attention(nnx.Module):
 
 
 def _full_attention(q, k, v, allowed, dt):
-  """softmax(q·kᵀ/√D masked) · v for q (B, T, KV, G, D), k/v (B, S, KV, D),
+  """softmax(q·kᵀ/√D masked) · v for q (B, T, KV, G, D), k/v (B, KV, S, D),
   allowed (B, T, S); returns (B, T, KV, G, D).
 
   The group axis is dropped when it has size 1 (multi-head attention): with a
@@ -159,37 +172,38 @@ def _full_attention(q, k, v, allowed, dt):
   """
   hd = q.shape[-1]
   if q.shape[3] == 1:
-    scores = jnp.einsum("btkd,bskd->bkts", q[:, :, :, 0], k.astype(dt))
+    scores = jnp.einsum("btkd,bksd->bkts", q[:, :, :, 0], k.astype(dt))
     mask = allowed[:, None]
   else:
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(dt))
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(dt))
     mask = allowed[:, None, None]
   scores = jnp.where(mask, scores.astype(jnp.float32) / math.sqrt(hd), _NEG)
   probs = jax.nn.softmax(scores, axis=-1).astype(dt)
   if q.shape[3] == 1:
-    return jnp.einsum("bkts,bskd->btkd", probs, v.astype(dt))[:, :, :, None]
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt))
+    return jnp.einsum("bkts,bksd->btkd", probs, v.astype(dt))[:, :, :, None]
+  return jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(dt))
 
 
 def _decode_attention(q, k, v, allowed, dt):
-  """One query per row against the cache: q (B, 1, KV, G, D), k/v (B, S, KV, D),
+  """One query per row against the cache: q (B, 1, KV, G, D), k/v (B, KV, S, D),
   allowed (B, 1, S); returns (B, 1, KV, G, D).
 
-  Broadcast products and sums over the cache's own layout: for a single query
-  XLA:CPU runs these ~2.5x faster than the general path's batched dots, which
-  transpose the cache every step. The group axis is dropped when it has size 1
-  (multi-head attention): a unit axis here makes XLA:CPU's reductions ~20x slower.
+  Per (row, kv head) two matrix-vector products over the head's contiguous
+  (S, D) cache block, scores and softmax with the slots minor. The group axis
+  is dropped when it has size 1 (multi-head attention), as in `_full_attention`.
   """
-  q, allowed = q[:, 0], allowed[:, 0]
-  b, kvh, g, hd = q.shape
+  b, _, kvh, g, hd = q.shape
+  k, v = k.astype(dt), v.astype(dt)
+  f32 = jnp.float32
   if g == 1:
-    q, k, v = q[:, None, :, 0], k, v                                       # (B, 1, KV, D)
+    scores = jnp.einsum("bkd,bksd->bks", q[:, 0, :, 0], k, preferred_element_type=f32)
+    mask = allowed[:, :1]                                                 # (B, 1, S)
   else:
-    q, k, v = q[:, None], k[:, :, :, None], v[:, :, :, None]               # (B, 1, KV, G, D)
-  mask = allowed.reshape(allowed.shape + (1,) * (q.ndim - 3))
-  scores = jnp.sum((q * k.astype(dt)).astype(jnp.float32), -1)          # (B, S, KV[, G])
-  probs = jax.nn.softmax(jnp.where(mask, scores / math.sqrt(hd), _NEG), axis=1).astype(dt)
-  out = jnp.sum((probs[..., None] * v.astype(dt)).astype(jnp.float32), 1)
+    scores = jnp.einsum("bkgd,bksd->bkgs", q[:, 0], k, preferred_element_type=f32)
+    mask = allowed[:, :1, None]                                           # (B, 1, 1, S)
+  probs = jax.nn.softmax(jnp.where(mask, scores / math.sqrt(hd), _NEG), axis=-1).astype(dt)
+  spec = "bks,bksd->bkd" if g == 1 else "bkgs,bksd->bkgd"
+  out = jnp.einsum(spec, probs, v, preferred_element_type=f32)
   return out.reshape(b, 1, kvh, g, hd).astype(dt)
 
 
@@ -241,7 +255,7 @@ class Transformer(nnx.Module):
 
   def init_cache(self, batch: int, slots: int, dtype=None) -> dict:
     cfg = self.cfg
-    shape = (batch, slots, cfg.n_kv_heads, cfg.head_dim)
+    shape = cache_shape(cfg, batch, slots)
     dt = dtype or self.compute_dtype
     return {"k": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
             "v": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
