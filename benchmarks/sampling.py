@@ -4,6 +4,8 @@
 
 Same model config (Llama, hidden 512, 8 layers, vocab 32000 by default), same
 random prompts, greedy decoding of exactly `--new` tokens (no EOS) in both.
+`--dtype bfloat16` runs both in bfloat16: our compute dtype (float32 parameters,
+cast once per call), transformers' model converted with `.to(torch.bfloat16)`.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ def bench_torch(cfg, prompts, new, reps):
       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
       num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, max_position_embeddings=4096)
   model = transformers.LlamaForCausalLM(hf).eval()
+  if cfg.dtype == "bfloat16":
+    model = model.to(torch.bfloat16)
   x = torch.as_tensor(prompts, dtype=torch.long)
   kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
             eos_token_id=None, attention_mask=torch.ones_like(x))
@@ -65,14 +69,15 @@ def main():
   p.add_argument("--prompt", type=int, default=64)
   p.add_argument("--new", type=int, default=64)
   p.add_argument("--reps", type=int, default=3)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--no_torch", action="store_true")
   a = p.parse_args()
-  cfg = common.model_config(a)
+  cfg = common.model_config(a, dtype=a.dtype)
   prompts = np.random.default_rng(0).integers(3, a.vocab, (a.batch, a.prompt)).astype(np.int32)
   ours = bench_ours(cfg, prompts, a.new, a.reps)
   ref = None if a.no_torch else bench_torch(cfg, prompts, a.new, a.reps)
   result = {"name": f"sampling_greedy_d{a.d_model}_L{a.layers}_v{a.vocab}_b{a.batch}"
-                    f"_p{a.prompt}_n{a.new}",
+                    f"_p{a.prompt}_n{a.new}_{a.dtype}",
             "ours": round(ours, 2), "reference": None if ref is None else round(ref, 2),
             "ratio": None if ref is None else round(ours / ref, 3), "unit": "new tokens/s",
             "device": str(jax.devices()[0].device_kind), "n_devices": jax.device_count()}

@@ -7,7 +7,9 @@ measured in this same run on this machine (PaLM's definition: model FLOPs per
 token = 6N + 12·L·H·Q·T, N the non-embedding parameters plus the LM head, L
 layers, H heads, Q head dim, T sequence length), and – when torch is installed –
 tokens/s of an equivalent transformers LlamaForCausalLM training step (AdamW,
-same shapes, same batch), with ours/reference (higher is better).
+same shapes, same batch), with ours/reference (higher is better). With
+`--dtype bfloat16` both compute in bfloat16 over float32 weights (ours by
+`model.dtype`, torch by autocast); the peak is then a bfloat16 matmul's.
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ import numpy as np
 import common
 
 
-def peak_matmul_flops(n: int = 2048, reps: int = 10) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
+def peak_matmul_flops(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   t = time.perf_counter()
   for _ in range(reps):
@@ -80,8 +82,13 @@ def bench_torch(cfg, batch: int, seq: int, steps: int) -> float | None:
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
   x = torch.randint(3, cfg.vocab_size, (batch, seq))
 
+  # bfloat16 as our model.dtype does it: float32 master weights and optimizer,
+  # matmuls in bfloat16 (autocast keeps softmax / loss in float32 likewise).
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+
   def step():
-    loss = model(input_ids=x, labels=x).loss
+    with autocast:
+      loss = model(input_ids=x, labels=x).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -97,11 +104,11 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--dtype", default="float32")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--no_torch", action="store_true")
   a = p.parse_args()
   cfg = common.model_config(a, max_seq_len=a.seq, dtype=a.dtype)
-  peak = peak_matmul_flops()
+  peak = peak_matmul_flops(a.dtype)
   ours = bench_ours(cfg, a.batch, a.seq, a.steps)
   ref = None if a.no_torch else bench_torch(cfg, a.batch, a.seq, a.steps)
   mfu = ours * model_flops_per_token(cfg, a.seq) / peak

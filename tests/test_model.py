@@ -116,3 +116,35 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32(mesh):
     b, _ = nnx.jit(lambda m, t, k: m(t, k))(bf16, toks, mask)
   assert b.dtype == jnp.float32                    # logits come back in float32
   assert 0 < float(jnp.max(jnp.abs(a - b))) < 5e-2  # computed in bf16, close to f32
+
+
+def _cotangent_and_grads(x, w, g):
+  """Gradients of sum(matmul(x, w) * g): the VJP at cotangent g."""
+  from rlaif_jax.models.transformer import matmul
+  return jax.jit(jax.grad(lambda x, w: jnp.sum(matmul(x, w).astype(jnp.float32) * g),
+                          argnums=(0, 1)))(x, w)
+
+
+def test_matmul_gradients_float32_equal_autodiff():
+  rng = np.random.default_rng(0)
+  x, w, g = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((24, 40), (40, 56), (24, 56)))
+  dx, dw = _cotangent_and_grads(x, w, g)
+  rx, rw = jax.jit(jax.grad(lambda x, w: jnp.sum((x @ w) * g), argnums=(0, 1)))(x, w)
+  np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_gradients_bfloat16_are_the_float32_dots_of_the_bf16_operands():
+  """dx = g·wᵀ rounded to bf16, dw = xᵀ·g kept in float32 for a float32 weight
+  (autodiff of the forward would round it to bf16), with g, x, w as bf16 values."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((24, 40)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((40, 56)), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((24, 56)), jnp.bfloat16).astype(jnp.float32)
+  dx, dw = _cotangent_and_grads(x, w, g)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+  xf, wf = np.asarray(x, np.float64), np.asarray(w.astype(jnp.bfloat16), np.float64)
+  gf = np.asarray(g, np.float64)
+  np.testing.assert_allclose(np.asarray(dx, np.float64), gf @ wf.T, rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(dw, np.float64), xf.T @ gf, rtol=1e-5, atol=1e-4)
+  assert np.mean(np.asarray(dw) != np.asarray(dw.astype(jnp.bfloat16).astype(jnp.float32))) > 0.9
