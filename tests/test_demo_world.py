@@ -139,3 +139,18 @@ def test_trained_demo_labeler_beats_chance(tmp_path):
   rep = pipeline.alignment_on_heldout(lab_conf, rows, 0)
   # 400 votes: chance is 0.5 ± 0.05 (2σ)
   assert rep["accuracy"] > 0.58, rep
+
+
+def test_toy_write_survives_a_concurrent_writer(tmp_path, monkeypatch):
+  """Processes of one run all write the toy data into the shared workdir; one that
+  finds no file, writes, and meets a peer's finished file must not crash (it did,
+  and its peers then died at their first collective)."""
+  from etils import epath
+
+  from rlaif_jax.demo import toy
+  first = toy.write(str(tmp_path), "pairs", n_train=20, n_valid=5)
+  before = epath.Path(first["train"]).read_text()
+  monkeypatch.setattr(type(epath.Path(first["train"])), "exists", lambda self: False)  # lost the race
+  again = toy.write(str(tmp_path), "pairs", n_train=20, n_valid=5)
+  assert again == first and epath.Path(again["train"]).read_text() == before
+  assert not list(tmp_path.glob("*.tmp"))

@@ -63,11 +63,13 @@ def pairs(n: int, seed: int, soft: float = 1.0) -> list[dict]:
 def _write_jsonl(path, rows: list[dict]) -> None:
   if path.exists():
     return
-  # Every process writes the same bytes; a private temp name + atomic rename
-  # makes concurrent writers on a shared workdir safe.
+  # Every process writes the same bytes; a private temp name + atomic replace
+  # makes concurrent writers on a shared workdir safe. (epath's `rename` refuses
+  # an existing target: the process that lost the race crashed, and its peers
+  # then failed at their first collective with gloo's handshake deadline.)
   tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
   tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def write(directory: str, kind: str = "sft", n_train: int = 2000, n_valid: int = 200,
