@@ -4,8 +4,8 @@
 
 Same model config (Llama, hidden 512, 8 layers, vocab 32000 by default), same
 random prompts, greedy decoding of exactly `--new` tokens (no EOS) in both.
-`--dtype bfloat16` runs both in bfloat16: our compute dtype (float32 parameters,
-cast once per call), transformers' model converted with `.to(torch.bfloat16)`.
+`--dtype bfloat16` runs both in bfloat16: ours as `model.dtype` (float32
+parameters cast at each use), transformers' model converted with `.to(torch.bfloat16)`.
 """
 from __future__ import annotations
 

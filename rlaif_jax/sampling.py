@@ -49,7 +49,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from rlaif_jax.mesh import batch_sharding, data_parallel_size, logical_sharding, to_host
-from rlaif_jax.models.transformer import CACHE_AXES, cache_shape, positions_from_mask
+from rlaif_jax.models.transformer import (CACHE_AXES, cache_shape, init_cache,
+                                          positions_from_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,13 +210,9 @@ class Sampler:
     key = (b, slots)
     if key not in self._caches:
       c = self.cfg
-      shape = cache_shape(c, b, slots)
-      kv_sh = logical_sharding(CACHE_AXES, self.mesh, shape)
+      kv_sh = logical_sharding(CACHE_AXES, self.mesh, cache_shape(c, b, slots))
       valid_sh = logical_sharding(("batch", "length"), self.mesh, (b, slots))
-      dt = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
-      make = jax.jit(lambda: {"k": [jnp.zeros(shape, dt) for _ in range(c.n_layers)],
-                              "v": [jnp.zeros(shape, dt) for _ in range(c.n_layers)],
-                              "valid": jnp.zeros((b, slots), bool)},
+      make = jax.jit(lambda: init_cache(c, b, slots),
                      out_shardings={"k": [kv_sh] * c.n_layers, "v": [kv_sh] * c.n_layers,
                                     "valid": valid_sh})
       self._caches[key] = make()

@@ -115,6 +115,18 @@ def cache_shape(cfg: ModelConfig, batch: int, slots: int) -> tuple[int, ...]:
   return (batch, cfg.n_kv_heads, slots, cfg.head_dim)
 
 
+def compute_dtype(cfg: ModelConfig):
+  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype=None) -> dict:
+  """An empty KV cache (every slot invalid), k / v in the compute dtype."""
+  shape, dt = cache_shape(cfg, batch, slots), dtype or compute_dtype(cfg)
+  return {"k": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
+          "v": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
+          "valid": jnp.zeros((batch, slots), bool)}
+
+
 def positions_from_mask(mask: jax.Array) -> jax.Array:
   """Position of each token among the real tokens of its row (0-based)."""
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
@@ -263,7 +275,6 @@ class MLP(nnx.Module):
     self.down = _param(rngs, (f, d), ("mlp", "embed"), std)
 
   def __call__(self, x):
-    dt = x.dtype
     g = dense(x, self.gate[...])
     g = jax.nn.gelu(g, approximate=True) if self.act == "gelu_tanh" else jax.nn.silu(g)
     hid = constrain(g * dense(x, self.up[...]), ("batch", "length", "mlp"))
@@ -298,15 +309,10 @@ class Transformer(nnx.Module):
 
   @property
   def compute_dtype(self):
-    return jnp.bfloat16 if self.cfg.dtype == "bfloat16" else jnp.float32
+    return compute_dtype(self.cfg)
 
   def init_cache(self, batch: int, slots: int, dtype=None) -> dict:
-    cfg = self.cfg
-    shape = cache_shape(cfg, batch, slots)
-    dt = dtype or self.compute_dtype
-    return {"k": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
-            "v": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
-            "valid": jnp.zeros((batch, slots), bool)}
+    return init_cache(self.cfg, batch, slots, dtype)
 
   def hidden(self, tokens, mask, positions=None, cache=None, cache_index=0):
     """Final-normed hidden states (B, T, d) and the updated cache (or None)."""
