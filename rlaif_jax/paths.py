@@ -1,17 +1,150 @@
-"""Workdir paths: local or any URL etils.epath understands (gs:// on TPU pods).
+"""The one I/O layer: every artifact (checkpoint dirs, JSONL, reports, plots) goes
+through `etils.epath`, so a workdir, data dir or checkpoint may be local or a
+`gs://` URL (install the `tpu` extra, which brings gcsfs).
 
-Orbax, TFDS and our own artifacts all go through `etils.epath`, so a workdir,
-data dir or checkpoint may live on GCS (install the `tpu` extra, which adds
-gcsfs / google-cloud-storage). Local paths are made absolute because Orbax
-requires it.
+Paths stay strings in configs and summaries; `path()` turns one into an
+`epath.Path`: local ones absolute (Orbax requires it), `file://` URLs local,
+`gs://` (s3://, ...) through fsspec. A plain `open`/`os.makedirs` on
+"gs://b/x" would instead create a local directory named "gs:" – the bug this
+module exists to prevent.
+
+Atomic writes: a reader (a resumed run, a concurrent process) sees a whole
+file or none. Locally that is a private temp name, fsync, then `os.replace`;
+on an object store an upload only becomes visible once finalised at close,
+so the object is written in place (a rename there is a copy plus a delete,
+neither atomic nor cheap).
 """
 from __future__ import annotations
 
+import json
 import os
+from typing import Any, Iterable
 
 from etils import epath
 
 
+def is_url(p) -> bool:
+  return "://" in os.fspath(p)
+
+
 def path(p) -> epath.Path:
   s = os.fspath(p)
-  return epath.Path(s if "://" in s else os.path.abspath(s))
+  if s.startswith("file://"):
+    s = s[len("file://"):]
+  return epath.Path(s if is_url(s) else os.path.abspath(s))
+
+
+def join(p, *parts: str) -> str:
+  """`os.path.join` for local paths and URLs alike; returns a string."""
+  return os.fspath(path(p).joinpath(*parts))
+
+
+def exists(p) -> bool:
+  return path(p).exists()
+
+
+def makedirs(p) -> epath.Path:
+  """mkdir -p; on object stores a no-op (directories are name prefixes there)."""
+  d = path(p)
+  d.mkdir(parents=True, exist_ok=True)
+  return d
+
+
+def read_text(p) -> str:
+  return path(p).read_text(encoding="utf-8")
+
+
+def read_json(p) -> Any:
+  return json.loads(read_text(p))
+
+
+def read_jsonl(p) -> list[dict]:
+  """One JSON value a non-blank line; a bad line raises naming file:line."""
+  out = []
+  for lineno, line in enumerate(read_text(p).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+  return out
+
+
+def write_bytes_atomic(p, data: bytes) -> None:
+  """Writes `data` so that readers see the old file, or the whole new one."""
+  dst = path(p)
+  if is_url(dst):
+    with dst.open("wb") as f:      # visible only once the upload is finalised
+      f.write(data)
+    return
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  # A private temp name per process: concurrent writers of the same bytes (every
+  # host writing a shared file) never see each other's half-written temp.
+  tmp = f"{dst}.{os.getpid()}.tmp"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())          # whole on disk before it gets the real name
+    os.replace(tmp, dst)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text_atomic(p, text: str) -> None:
+  write_bytes_atomic(p, text.encode("utf-8"))
+
+
+def write_json_atomic(p, obj: Any, indent: int | None = 1) -> None:
+  write_text_atomic(p, json.dumps(obj, indent=indent) + ("\n" if indent is not None else ""))
+
+
+def write_jsonl_atomic(p, rows: Iterable[Any]) -> None:
+  write_text_atomic(p, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def copy(src, dst) -> None:
+  """Copies one file (local or URL, either side), atomically at `dst`."""
+  write_bytes_atomic(dst, path(src).read_bytes())
+
+
+def upload_dir(local_dir: str, dst) -> None:
+  """Copies the files under a local directory to `dst` (local or URL), each atomically."""
+  for root, _, files in os.walk(local_dir):
+    rel = os.path.relpath(root, local_dir)
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        write_bytes_atomic(path(dst).joinpath(*([] if rel == "." else [rel]), name), f.read())
+
+
+def local_dir(p) -> str:
+  """A local directory with `p`'s files, for libraries that read only local files
+  (Hugging Face tokenizers and configs): `p` itself when local, else a download
+  cached by URL under the temp dir (such directories are written once, never
+  changed in place)."""
+  if not is_url(p):
+    return os.fspath(path(p))
+  import hashlib
+  import shutil
+  import tempfile
+  src = path(p)
+  key = hashlib.sha256(os.fspath(src).encode()).hexdigest()[:16]
+  out = os.path.join(tempfile.gettempdir(), "rlaif_jax_remote", f"{src.name}-{key}")
+  if os.path.isdir(out):
+    return out
+  if not src.is_dir():
+    raise FileNotFoundError(f"{p}: no such directory")
+  tmp = f"{out}.{os.getpid()}.tmp"
+  for root, _, files in src.walk():
+    rel = os.path.relpath(os.fspath(root), os.fspath(src))
+    os.makedirs(os.path.join(tmp, rel), exist_ok=True)
+    for name in files:
+      with open(os.path.join(tmp, rel, name), "wb") as f:
+        f.write(path(root).joinpath(name).read_bytes())
+  try:
+    os.replace(tmp, out)
+  except OSError:                  # another process won the race; same files
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out

@@ -26,40 +26,31 @@ RMs' held-out accuracy use the separate held-out pairs).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import time
 
+from rlaif_jax import paths as io
 from rlaif_jax.demo import world, world_data
 
 ARM_STAGES = {"rlaif": ("rm_ai", "rl_rlaif"), "rlhf": ("rm_human", "rl_rlhf"),
               "direct_rlaif": ("rl_direct",), "dpo": ("dpo",)}
 
 
-def _done_path(workdir, stage):
-  return os.path.join(workdir, stage, "DONE")
-
-
 def run_stage(workdir: str, stage: str, fn) -> dict:
   """Runs `fn(stage_dir)` unless <workdir>/<stage>/DONE exists; returns the summary."""
-  done = _done_path(workdir, stage)
-  if os.path.exists(done):
+  done = io.join(workdir, stage, "DONE")
+  if io.exists(done):
     logging.info("pipeline: %s already done, skipped", stage)
-    with open(done) as f:
-      return json.load(f)
-  stage_dir = os.path.join(workdir, stage)
-  os.makedirs(stage_dir, exist_ok=True)
+    return io.read_json(done)
+  stage_dir = io.join(workdir, stage)
+  io.makedirs(stage_dir)
   logging.info("pipeline: %s ...", stage)
   t0 = time.perf_counter()
   summary = fn(stage_dir) or {}
   summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict, list))}
   summary["stage_seconds"] = time.perf_counter() - t0
-  tmp = done + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(tmp, done)
+  io.write_json_atomic(done, summary)
   return summary
 
 
@@ -77,7 +68,7 @@ def stage_config(config, *, stage: str, train, tokenizer: str, checkpoint: str =
 def labeler_cfg(config, paths, labeler_dir):
   lc = config.labeler.copy_and_resolve_references()
   with lc.unlocked():
-    lc.model.checkpoint, lc.model.tokenizer = os.path.join(labeler_dir, "model"), paths["tokenizer"]
+    lc.model.checkpoint, lc.model.tokenizer = io.join(labeler_dir, "model"), paths["tokenizer"]
     lc.template.preamble = world_data.PAIR_PREAMBLE
     lc.direct_template.preamble = world_data.DIRECT_PREAMBLE
     del lc["max_prompt_len"]
@@ -94,7 +85,7 @@ def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
   w = config.world
   tok = load_tokenizer(paths["tokenizer"])
   model = policy_model(config, mesh, tok, checkpoint=sft_model_dir)
-  prompts = [r["prompt"] for r in world_data.read_jsonl(paths["prompts_train"])]
+  prompts = [r["prompt"] for r in io.read_jsonl(paths["prompts_train"])]
   if len(prompts) < w.n_pairs + w.heldout_pairs:
     raise ValueError(f"world.n_prompts={len(prompts)} < world.n_pairs + world.heldout_pairs")
   prompts = prompts[:w.n_pairs + w.heldout_pairs]
@@ -114,7 +105,7 @@ def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
            for r in train]
   files = {"pairs_train": train, "pairs_heldout": heldout, "pairs_human": human}
   for name, data in files.items():
-    world_data.write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), data)
+    io.write_jsonl_atomic(io.join(out_dir, f"{name}.jsonl"), data)
   return {"pairs": len(train), "heldout": len(heldout)}
 
 
@@ -137,7 +128,7 @@ def run(config, workdir: str, mesh) -> dict:
   from rlaif_jax.learners import dpo, reward, sft
   t_start = time.perf_counter()
   p, w = config.pipeline, config.world
-  D = lambda *parts: os.path.join(workdir, *parts)
+  D = lambda *parts: io.join(workdir, *parts)
   arms = tuple(p.arms)
   paths = {}
 
@@ -175,7 +166,7 @@ def run(config, workdir: str, mesh) -> dict:
     with c.unlocked():
       c.labeler = lab_conf
     out = label_stage.run(c, d, mesh)
-    heldout = world_data.read_jsonl(pairs["pairs_heldout"])
+    heldout = io.read_jsonl(pairs["pairs_heldout"])
     out.update({f"heldout_{k}": v for k, v in alignment_on_heldout(lab_conf, heldout,
                                                                     config.seed).items()
                 if isinstance(v, (int, float))})
@@ -241,8 +232,7 @@ def run(config, workdir: str, mesh) -> dict:
     return eval_stage.run(c, d, mesh)
   run_stage(workdir, "eval", evaluate)
 
-  with open(D("eval", "report.json")) as f:
-    rep = json.load(f)
+  rep = io.read_json(D("eval", "report.json"))
   rep.update(
       wall_seconds=time.perf_counter() - t_start,
       labeler_alignment=labels.get("heldout_accuracy", float("nan")),
@@ -255,9 +245,8 @@ def run(config, workdir: str, mesh) -> dict:
   from rlaif_jax.eval.report import write_report
   for name in ("win_rates.png", "training_curves.png"):
     src = D("eval", name)
-    if os.path.exists(src):
-      import shutil
-      shutil.copy(src, D(name))
+    if io.exists(src):
+      io.copy(src, D(name))
   rep = write_report(workdir, rep, {a: D(s, "metrics", "rl.jsonl") for a, s in
                                     (("rlaif", "rl_rlaif"), ("rlhf", "rl_rlhf"),
                                      ("direct_rlaif", "rl_direct")) if a in policies})

@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from rlaif_jax import paths as io
 from rlaif_jax.demo import world, world_data, world_tokenizer
 from rlaif_jax.eval.judges import OracleJudge
 
@@ -101,8 +102,8 @@ def test_world_files_are_idempotent(tmp_path):
   before = {k: open(p).read() for k, p in paths.items() if k != "tokenizer"}
   world_data.write(str(tmp_path), **kw)
   assert before == {k: open(p).read() for k, p in paths.items() if k != "tokenizer"}
-  prompts = {r["prompt"] for r in world_data.read_jsonl(paths["eval"])}
-  assert not prompts & {r["prompt"] for r in world_data.read_jsonl(paths["sft_train"])}
+  prompts = {r["prompt"] for r in io.read_jsonl(paths["eval"])}
+  assert not prompts & {r["prompt"] for r in io.read_jsonl(paths["sft_train"])}
 
 
 @pytest.mark.skipif(not os.environ.get("RLAIF_SLOW"),

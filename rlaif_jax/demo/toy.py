@@ -11,8 +11,6 @@ corrupted one (a character changed or two swapped); `label` is P(a preferred).
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 
 from rlaif_jax import paths
@@ -60,26 +58,15 @@ def pairs(n: int, seed: int, soft: float = 1.0) -> list[dict]:
   return out
 
 
-def _write_jsonl(path, rows: list[dict]) -> None:
-  if path.exists():
-    return
-  # Every process writes the same bytes; a private temp name + atomic replace
-  # makes concurrent writers on a shared workdir safe. (epath's `rename` refuses
-  # an existing target: the process that lost the race crashed, and its peers
-  # then failed at their first collective with gloo's handshake deadline.)
-  tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
-  tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-  tmp.replace(path)
-
-
 def write(directory: str, kind: str = "sft", n_train: int = 2000, n_valid: int = 200,
           seed: int = 0) -> dict:
   """Writes {kind}_train.jsonl / {kind}_valid.jsonl (idempotent); returns {split: path}."""
-  root = paths.path(directory)
-  root.mkdir(parents=True, exist_ok=True)
   make = {"sft": examples, "pairs": pairs}[kind]
   out = {}
   for split, n, s in (("train", n_train, seed), ("valid", n_valid, seed + 1)):
-    _write_jsonl(root / f"{kind}_{split}.jsonl", make(n, s))
-    out[split] = os.fspath(root / f"{kind}_{split}.jsonl")
+    out[split] = paths.join(directory, f"{kind}_{split}.jsonl")
+    # Every process writes the same bytes; the atomic write makes concurrent
+    # writers on a shared workdir safe (a lost race replaces, never crashes).
+    if not paths.exists(out[split]):
+      paths.write_jsonl_atomic(out[split], make(n, s))
   return out

@@ -23,29 +23,14 @@ only place the oracle reaches the labeler.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 
+from rlaif_jax import paths as io
 from rlaif_jax.demo import world, world_tokenizer
 from rlaif_jax.labeler import prompts as P
 
 # Seed offsets keep the files' posts apart.
 _SFT, _VALID, _PROMPTS, _EVAL, _LABELER = 0, 1, 2, 3, 4
-
-
-def write_jsonl(path: str, rows) -> None:
-  """Atomic (temp name + rename): a rerun or a concurrent writer sees whole files."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _posts(n: int, seed: int) -> list[str]:
@@ -165,7 +150,7 @@ def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 
 def write(directory: str, *, seed: int = 0, n_sft: int = 2000, n_prompts: int = 1000,
           n_eval: int = 128, n_labeler: int = 6000) -> dict:
   """Writes the world's files (idempotent: existing files are kept); returns their paths."""
-  os.makedirs(directory, exist_ok=True)
+  io.makedirs(directory)
   s = seed * 10
   files = {
       "sft_train": lambda: sft_rows(n_sft, s + _SFT),
@@ -176,9 +161,9 @@ def write(directory: str, *, seed: int = 0, n_sft: int = 2000, n_prompts: int = 
       "labeler_train": lambda: labeler_rows(n_labeler, s + _LABELER),
       "labeler_valid": lambda: labeler_rows(max(n_labeler // 20, 64), s + _LABELER + 5),
   }
-  paths = {"tokenizer": world_tokenizer.write(os.path.join(directory, "tokenizer"), seed)}
+  paths = {"tokenizer": world_tokenizer.write(io.join(directory, "tokenizer"), seed)}
   for name, make in files.items():
-    paths[name] = os.path.join(directory, f"{name}.jsonl")
-    if not os.path.exists(paths[name]):
-      write_jsonl(paths[name], make())
+    paths[name] = io.join(directory, f"{name}.jsonl")
+    if not io.exists(paths[name]):
+      io.write_jsonl_atomic(paths[name], make())
   return paths

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
+
+from rlaif_jax import paths
 
 PATTERN = r" ?[A-Za-z']+|[0-9]+| ?[^\sA-Za-z0-9]| |\n"
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -76,14 +79,14 @@ def build(texts) -> "transformers.PreTrainedTokenizerFast":
 
 
 def write(directory: str, seed: int = 0) -> str:
-  """Builds and saves the tokenizer in `directory` (idempotent); returns it."""
-  if not os.path.exists(os.path.join(directory, "tokenizer.json")):
-    tmp = f"{directory}.tmp{os.getpid()}"
+  """Builds and saves the tokenizer in `directory` (local or URL; idempotent); returns it."""
+  if paths.exists(paths.join(directory, "tokenizer.json")):
+    return directory
+  with tempfile.TemporaryDirectory() as tmp:
+    # save_pretrained writes only local files; each goes to `directory` atomically,
+    # tokenizer.json (the file tested above) last so a half-written copy is redone.
     build(corpus(seed=seed)).save_pretrained(tmp)
-    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-    try:
-      os.replace(tmp, directory)
-    except OSError:   # another process won the race; its files are the same
-      import shutil
-      shutil.rmtree(tmp, ignore_errors=True)
+    names = sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json")
+    for name in names:
+      paths.copy(os.path.join(tmp, name), paths.join(directory, name))
   return directory

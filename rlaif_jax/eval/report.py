@@ -14,9 +14,10 @@ Everything else is written to report.json unchanged.
 """
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
+
+from rlaif_jax import paths
 
 # The paper's numbers (summarization, human raters), for the side-by-side table.
 PAPER = {
@@ -101,17 +102,24 @@ def plot_win_rates(report: dict, path: str) -> bool:
   ax.set_ylim(0, 1)
   ax.set_ylabel("win rate")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_png(fig, path)
   return True
+
+
+def _save_png(fig, path) -> None:
+  """Through the I/O layer (matplotlib writes only local files or buffers)."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  paths.write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_training_curves(curves: dict, path: str, keys=("reward", "kl")) -> bool:
   """curves: {arm: metrics.jsonl path} (RL learners' MetricsWriter files)."""
-  from rlaif_jax.learners.metrics import read_jsonl
-  data = {arm: [r for r in read_jsonl(p) if any(k in r for k in keys)]
-          for arm, p in curves.items() if p and os.path.exists(p)}
+  data = {arm: [r for r in paths.read_jsonl(p) if any(k in r for k in keys)]
+          for arm, p in curves.items() if p and paths.exists(p)}
   data = {a: rows for a, rows in data.items() if rows}
   if not data:
     return False
@@ -127,23 +135,18 @@ def plot_training_curves(curves: dict, path: str, keys=("reward", "kl")) -> bool
     ax.set_xlabel("RL iteration")
     ax.set_ylabel(key)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_png(fig, path)
   return True
 
 
 def write_report(out_dir: str, report: dict, curves: dict | None = None) -> dict:
   """Writes report.json, report.md, win_rates.png and training_curves.png."""
-  os.makedirs(out_dir, exist_ok=True)
   plots = []
-  if plot_win_rates(report, os.path.join(out_dir, "win_rates.png")):
+  if plot_win_rates(report, paths.join(out_dir, "win_rates.png")):
     plots.append("win_rates.png")
-  if curves and plot_training_curves(curves, os.path.join(out_dir, "training_curves.png")):
+  if curves and plot_training_curves(curves, paths.join(out_dir, "training_curves.png")):
     plots.append("training_curves.png")
   report = dict(report, plots=plots)
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(markdown(report))
+  paths.write_json_atomic(paths.join(out_dir, "report.json"), report)
+  paths.write_text_atomic(paths.join(out_dir, "report.md"), markdown(report))
   return report

@@ -12,9 +12,7 @@ responses.jsonl, report.json, report.md and the plots (rlaif_jax.eval.report).
 """
 from __future__ import annotations
 
-import json
-import os
-
+from rlaif_jax import paths
 from rlaif_jax.config import ConfigError
 from rlaif_jax.eval import judges, metrics, report as report_lib
 from rlaif_jax.learners.common import policy_model
@@ -40,8 +38,7 @@ def policy_responses(config, policies: dict, prompts, references, mesh) -> dict:
 
 def run(config, workdir: str, mesh) -> dict:
   e = config.eval
-  with open(e.prompts_path, encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = paths.read_jsonl(e.prompts_path)
   rows = rows[:e.max_prompts] if e.max_prompts else rows
   prompts = [r["prompt"] for r in rows]
   policies = {k: v for k, v in e.policies.to_dict().items() if v}   # "" = not given
@@ -69,10 +66,9 @@ def run(config, workdir: str, mesh) -> dict:
     rep["rm_accuracy_human"] = metrics.rm_accuracy(
         rm, tok, mesh, pairs, max_prompt_len=config.data.max_prompt_len,
         max_response_len=config.data.max_response_len)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "responses.jsonl"), "w", encoding="utf-8") as f:
-    for i, p in enumerate(prompts):
-      f.write(json.dumps({"prompt": p, **{k: v[i] for k, v in responses.items()}}) + "\n")
+  paths.write_jsonl_atomic(paths.join(workdir, "responses.jsonl"),
+                           ({"prompt": p, **{k: v[i] for k, v in responses.items()}}
+                            for i, p in enumerate(prompts)))
   rep = report_lib.write_report(workdir, rep, dict(e.curves.to_dict()) if "curves" in e else None)
   flat = {f"win_rate/{k}": v["rate"] for k, v in rep["win_rates"].items()}
   flat.update({f"lc_win_rate/{k}": v["rate"] for k, v in rep["length_controlled"].items()})

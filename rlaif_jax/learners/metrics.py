@@ -46,6 +46,4 @@ class MetricsWriter:
       self._jsonl.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with paths.path(path).open() as f:
-    return [json.loads(line) for line in f if line.strip()]
+read_jsonl = paths.read_jsonl     # the one reader; kept here for callers of metrics files
