@@ -24,6 +24,10 @@ class ConfigError(ValueError):
   """A config problem a user fixes by changing a value; printed as one line."""
 
 
+# ModelConfig fields set in `config.model` itself: layout and memory, not architecture.
+LAYOUT = ("scan_layers", "remat")
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "sft"
@@ -37,16 +41,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = ""            # from scratch / dry run: a public architecture (models/presets.py)
   c.model.tokenizer = "byte"     # "byte" or a local HF tokenizer directory
   c.model.dtype = "float32"      # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.scan_layers = False    # layers stacked and run by one lax.scan (compiles one layer)
+  c.model.remat = "none"         # per-layer rematerialisation: none | full | dots
   c.model.arch = ml_collections.ConfigDict(
       {f.name: f.default for f in dataclasses.fields(ModelConfig)
-       if f.name not in ("rope_scaling", "dtype", "bos_token_id", "eos_token_id", "pad_token_id")})
+       if f.name not in LAYOUT + ("rope_scaling", "dtype", "bos_token_id", "eos_token_id",
+                                  "pad_token_id")})
 
   c.data = _data_config()
   c.data.eval_split = "valid"     # held-out split for eval metrics
   c.data.eval_jsonl_path = ""     # source == "jsonl": the held-out file ("" = no eval)
 
-  # What a realistic config is meant for; --dry_run checks memory against it.
-  c.hardware = ml_collections.ConfigDict(dict(name="", chips=0, memory_gib_per_chip=0.0))
+  # What a realistic config is meant for; --dry_run checks memory against it,
+  # --aot compiles for `topology` (a Cloud TPU topology, e.g. "v4:2x2x2"; see
+  # rlaif_jax/aot.py) with the TPU compiler.
+  c.hardware = ml_collections.ConfigDict(dict(name="", chips=0, memory_gib_per_chip=0.0,
+                                              topology=""))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16        # global, across all devices and hosts
@@ -134,6 +144,9 @@ def validate(config, n_devices: int) -> None:
     raise ConfigError(f"train.steps={t.steps} must be >= 1")
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.dtype={config.model.dtype!r}: use float32 or bfloat16")
+  from rlaif_jax.models.config import REMAT
+  if config.model.get("remat", "none") not in REMAT:
+    raise ConfigError(f"model.remat={config.model.remat!r}: use one of {', '.join(REMAT)}")
   if t.optimizer not in ("adamw", "adafactor", "sgd"):
     raise ConfigError(f"train.optimizer={t.optimizer!r}: use adamw, adafactor or sgd")
   d = config.data
@@ -157,10 +170,17 @@ def validate(config, n_devices: int) -> None:
 
 def model_config(config, **overrides) -> ModelConfig:
   """ModelConfig for a from-scratch model (`model.preset` if set, else `model.arch`)."""
+  overrides = {**layout_overrides(config.model), **overrides}
   if config.model.get("preset"):
     from rlaif_jax.models.presets import preset
     return preset(config.model.preset, dtype=config.model.dtype, **overrides)
   return ModelConfig(**config.model.arch.to_dict(), dtype=config.model.dtype, **overrides)
+
+
+def layout_overrides(model_section) -> dict:
+  """`scan_layers` / `remat` of a config's model section (a labeler's too),
+  for ModelConfig: they apply to checkpoints of any layout."""
+  return {k: model_section[k] for k in LAYOUT if k in model_section}
 
 
 # ------------------------------------------------------------ command line

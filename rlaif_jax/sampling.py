@@ -48,9 +48,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from rlaif_jax.mesh import batch_sharding, data_parallel_size, logical_sharding, to_host
-from rlaif_jax.models.transformer import (CACHE_AXES, cache_shape, init_cache,
-                                          positions_from_mask)
+from rlaif_jax.mesh import batch_sharding, data_parallel_size, to_host
+from rlaif_jax.models.transformer import cache_shardings, init_cache, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,11 +209,8 @@ class Sampler:
     key = (b, slots)
     if key not in self._caches:
       c = self.cfg
-      kv_sh = logical_sharding(CACHE_AXES, self.mesh, cache_shape(c, b, slots))
-      valid_sh = logical_sharding(("batch", "length"), self.mesh, (b, slots))
       make = jax.jit(lambda: init_cache(c, b, slots),
-                     out_shardings={"k": [kv_sh] * c.n_layers, "v": [kv_sh] * c.n_layers,
-                                    "valid": valid_sh})
+                     out_shardings=cache_shardings(c, self.mesh, b, slots))
       self._caches[key] = make()
     return self._caches.pop(key)
 

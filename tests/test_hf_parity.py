@@ -58,12 +58,13 @@ def torch_logits(model, tokens, mask):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("left", [False, True])
-def test_logit_parity_sharded(family, left, tmp_path, mesh):
+@pytest.mark.parametrize("left,scan", [(False, False), (True, False), (True, True)])
+def test_logit_parity_sharded(family, left, scan, tmp_path, mesh):
   ref = make_hf_model(family, tmp_path)
-  ours, cfg = hf.load_hf(str(tmp_path), mesh)
+  ours, cfg = hf.load_hf(str(tmp_path), mesh, scan_layers=scan)
   # parameters really are spread over the (2, 2, 2) mesh
-  q = ours.layers[0].attn.q[...]
+  q = ours.layers.attn.q[...] if scan else ours.layers[0].attn.q[...]
+  assert q.ndim == (4 if scan else 3)
   assert len(q.sharding.device_set) == 8 and not q.sharding.is_fully_replicated
   tokens, mask = padded_batch(left=left)
   with jax.set_mesh(mesh):
@@ -73,11 +74,12 @@ def test_logit_parity_sharded(family, left, tmp_path, mesh):
   assert diff.max() <= 1e-4, (family, diff.max())
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma", "qwen2"])
-def test_export_round_trip(family, tmp_path, mesh):
+@pytest.mark.parametrize("family,scan", [("llama", False), ("gemma", False), ("qwen2", False),
+                                         ("qwen2", True)])
+def test_export_round_trip(family, scan, tmp_path, mesh):
   src, dst = tmp_path / "src", tmp_path / "dst"
   ref = make_hf_model(family, src)
-  ours, _ = hf.load_hf(str(src), mesh)
+  ours, _ = hf.load_hf(str(src), mesh, scan_layers=scan)
   hf.export_hf(ours, str(dst), max_shard_bytes=40_000)   # forces a sharded index
   assert (dst / "model.safetensors.index.json").exists()
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(dst)).eval()
@@ -86,7 +88,7 @@ def test_export_round_trip(family, tmp_path, mesh):
   np.testing.assert_allclose(torch_logits(reloaded, tokens, mask)[mask],
                              torch_logits(ref, tokens, mask)[mask], atol=1e-5)
   # and our own import of the export gives the same model
-  again, _ = hf.load_hf(str(dst), mesh)
+  again, _ = hf.load_hf(str(dst), mesh, scan_layers=scan)
   for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(ours)), nnx.to_flat_state(nnx.state(again))):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))
 

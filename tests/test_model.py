@@ -14,11 +14,13 @@ CFG = ModelConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2
                   head_dim=8, d_ff=64)
 
 
-@pytest.mark.parametrize("family,kv_heads", [("llama", 2), ("gemma", 2), ("qwen2", 2),
-                                             ("llama", 4), ("llama", 1)])
-def test_kv_cache_matches_full_forward_left_padded(family, kv_heads, mesh):
-  """Grouped-query (2 of 4), multi-head (4) and multi-query (1) decode paths."""
-  cfg = CFG.replace(family=family, n_kv_heads=kv_heads)
+@pytest.mark.parametrize("family,kv_heads,scan", [
+    ("llama", 2, False), ("gemma", 2, False), ("qwen2", 2, False), ("llama", 4, False),
+    ("llama", 1, False), ("qwen2", 2, True), ("llama", 1, True)])
+def test_kv_cache_matches_full_forward_left_padded(family, kv_heads, scan, mesh):
+  """Grouped-query (2 of 4), multi-head (4) and multi-query (1) decode paths;
+  scan: layers stacked, the cache (L, B, KV, S, D)."""
+  cfg = CFG.replace(family=family, n_kv_heads=kv_heads, scan_layers=scan)
   model = init_sharded(lambda r: Transformer(cfg, r), mesh, seed=1)
   rng = np.random.default_rng(0)
   prompt_len, new = 6, 5

@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlaif_jax.mesh import data_parallel_size, logical_sharding, to_host
-from rlaif_jax.models.transformer import CACHE_AXES, cache_shape, positions_from_mask
+from rlaif_jax.mesh import data_parallel_size, to_host
+from rlaif_jax.models.transformer import (CACHE_AXES, cache_shardings, map_cache,
+                                          positions_from_mask)
 from rlaif_jax.sampling import put_rows
 
 
@@ -59,14 +60,14 @@ def _cached(graphdef, g, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_m
     pad = [(0, 0)] * x.ndim
     pad[slot_axis] = (0, c + t)
     return jnp.pad(x, pad)
-  cache = jax.tree.map(widen, prefix)
+  cache = map_cache(widen, prefix)
   n_ctx = jnp.sum(ctx_mask, -1)
   h, cache = model.hidden(ctx, ctx_mask, prefix_len + positions_from_mask(ctx_mask), cache, lp)
   ctx_lp = jax.nn.log_softmax(model.logits(h[:, -1]))   # the vocab projection only where read
   out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (b, query.shape[0])))}
   if g == 0:
     return out
-  cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+  cache = map_cache(lambda x: jnp.repeat(x, g, axis=0), cache)
   pos = (prefix_len + jnp.repeat(n_ctx, g))[:, None] + positions_from_mask(tail_mask)
   logits, _ = model(tail, tail_mask, pos, cache, lp + c)
   return out | _tail_outputs(jnp.repeat(ctx_lp, g, axis=0), jax.nn.log_softmax(logits),
@@ -142,10 +143,9 @@ class ScoringEngine:
         padded = np.full((1, width), self.pad_id, np.int32)
         padded[0, :len(ids)] = ids
         kv = _prefill(self.graphdef, self.params, padded, np.arange(width)[None] < len(ids))
-        c = self.cfg
-        kv_sh = logical_sharding((None,) + CACHE_AXES[1:], self.mesh, cache_shape(c, 1, width))
-        kv = {"k": [jax.device_put(x, kv_sh) for x in kv["k"]],
-              "v": [jax.device_put(x, kv_sh) for x in kv["v"]], "valid": kv["valid"]}
+        sh = cache_shardings(self.cfg, self.mesh, 1, width, batch_axis=None)
+        kv = {"k": jax.device_put(kv["k"], sh["k"]), "v": jax.device_put(kv["v"], sh["v"]),
+              "valid": kv["valid"]}
     self._prefixes[name] = (list(ids), kv)
 
   def prefix_len(self, name: str) -> int:

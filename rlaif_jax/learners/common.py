@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 
-from rlaif_jax.config import ConfigError, model_config
+from rlaif_jax.config import ConfigError, layout_overrides, model_config
 from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import store
 from rlaif_jax.models.sharding import init_sharded
@@ -42,7 +42,8 @@ def scalar_model(config, mesh, tok, checkpoint: str | None = None) -> ScalarMode
 def _model(config, mesh, tok, kind, checkpoint):
   path = checkpoint if checkpoint is not None else config.model.checkpoint
   if path:
-    return store.load_any(path, mesh, kind, seed=config.seed, dtype=config.model.dtype)
+    return store.load_any(path, mesh, kind, seed=config.seed, dtype=config.model.dtype,
+                          **layout_overrides(config.model))
   cfg = scratch_model_config(config, tok)
   return init_sharded(lambda rngs: store.KINDS[kind](cfg, rngs), mesh, config.seed)
 

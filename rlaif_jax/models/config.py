@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 FAMILIES = ("llama", "gemma", "qwen2")
+REMAT = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,12 @@ class ModelConfig:
   eos_token_id: int | None = None
   pad_token_id: int | None = None
   init_std: float = 0.02
+  # Layout and memory, not architecture (HF config.json knows neither):
+  # scan_layers stacks the layers' parameters on a leading axis and runs them
+  # with one `lax.scan` (one layer compiled, not L); remat recomputes each
+  # layer's activations in the backward pass: none | full | dots (REMAT).
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -43,6 +50,8 @@ class ModelConfig:
                        f"model.n_kv_heads={self.n_kv_heads} (grouped-query attention)")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"model.dtype={self.dtype!r}: expected float32 or bfloat16")
+    if self.remat not in REMAT:
+      raise ValueError(f"model.remat={self.remat!r}: expected one of {REMAT}")
 
   # Family switches.
   @property

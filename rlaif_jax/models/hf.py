@@ -9,7 +9,9 @@ Layout conversions (HF Linear weights are (out, in); ours are (in, ...)):
     q/k/v_proj (H·D, d)  ->  (d, H, D)        o_proj (d, H·D) -> (H, D, d)
     gate/up    (F, d)    ->  (d, F)           down   (d, F)   -> (F, d)
     lm_head    (V, d)    ->  (d, V)           norms, embeddings unchanged
-Gemma's checkpoints store w of RMSNorm's (1 + w), as we do.
+Gemma's checkpoints store w of RMSNorm's (1 + w), as we do. With scanned
+layers (`scan_layers`) each stacked parameter is read and written layer by
+layer: model.layers.{i}.* is row i of its leading axis.
 """
 from __future__ import annotations
 
@@ -73,6 +75,9 @@ def _rule(cfg: ModelConfig):
     if len(path) == 4 and path[0] == "layers" and path[2:] in layer:
       name, (to_ours, to_hf) = layer[path[2:]]
       return f"model.layers.{path[1]}.{name}", to_ours, to_hf
+    if len(path) == 3 and path[0] == "layers" and path[1:] in layer:   # scanned: (L, ...)
+      name, (to_ours, to_hf) = layer[path[1:]]
+      return "model.layers.{layer}." + name, to_ours, to_hf
     raise KeyError(f"no Hugging Face name for parameter {'/'.join(map(str, path))}")
   return rule
 
@@ -117,6 +122,23 @@ class SafetensorsDir:
     return arr
 
 
+def _load_stacked(src: SafetensorsDir, pattern: str, to_ours, shape, sharding) -> jax.Array:
+  """A (L, ...) parameter from the L per-layer tensors `pattern.format(layer=i)`;
+  each device reads only its own rows and slice of them."""
+  names = [pattern.format(layer=i) for i in range(shape[0])]
+  missing = [n for n in names if n not in src.entries]
+  if missing:
+    raise KeyError(f"{src.path}: checkpoint has no tensor {missing[0]}")
+  first = to_ours(src.get(names[0])).shape
+  if (shape[0],) + first != shape:
+    raise ValueError(f"{src.path}: {names[0]} converts to shape {first}, model expects {shape[1:]}")
+
+  def read(idx):
+    rows = range(shape[0])[idx[0]]
+    return np.stack([np.asarray(to_ours(src.get(names[i])), np.float32)[idx[1:]] for i in rows])
+  return jax.make_array_from_callback(shape, sharding, read)
+
+
 def read_hf_config(path: str, **overrides) -> ModelConfig:
   with open(os.path.join(path, "config.json")) as f:
     return ModelConfig.from_hf(json.load(f), **overrides)
@@ -135,12 +157,17 @@ def _load_state(src: SafetensorsDir, cfg: ModelConfig, abstract: nnx.State, shar
     name, to_ours, _ = rule(path[len(prefix):])
     if name == "lm_head.weight" and name not in src.entries and cfg.tie_embeddings:
       name, to_ours = "model.embed_tokens.weight", (lambda a: a.T)
+    shape = var.get_value().shape
+    if "{layer}" in name:
+      arr = _load_stacked(src, name, to_ours, shape, flat_sh[path])
+      used.update(name.format(layer=i) for i in range(shape[0]))
+      loaded[path] = var.replace(arr)
+      continue
     if name not in src.entries:
       raise KeyError(f"{src.path}: checkpoint has no tensor {name} "
                      f"(needed for {'/'.join(map(str, path))})")
     used.add(name)
     host = np.asarray(to_ours(src.get(name)), dtype=np.float32)
-    shape = var.get_value().shape
     if host.shape != shape:
       raise ValueError(f"{src.path}: {name} converts to shape {host.shape}, model expects {shape}")
     arr = jax.make_array_from_callback(shape, flat_sh[path], lambda idx, h=host: h[idx])
@@ -189,7 +216,11 @@ def export_hf(model: Transformer, out_dir: str, tokenizer=None,
   tensors = {}
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     name, _, to_hf = rule(path)
-    tensors[name] = np.ascontiguousarray(to_hf(to_host(var[...])).astype(dtype))
+    host = to_host(var[...])
+    parts = ([(name.format(layer=i), h) for i, h in enumerate(host)] if "{layer}" in name
+             else [(name, host)])
+    for n, x in parts:
+      tensors[n] = np.ascontiguousarray(to_hf(x).astype(dtype))
   if jax.process_index() != 0:
     return
   if "://" in out_dir:      # e.g. gs://: write locally, then copy through epath

@@ -19,7 +19,7 @@ from flax import nnx
 from rlaif_jax import paths
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.sharding import abstract_model, init_sharded, state_shardings
-from rlaif_jax.models.transformer import ScalarModel, Transformer
+from rlaif_jax.models.transformer import ScalarModel, Transformer, to_layout
 
 KINDS = {"lm": Transformer, "scalar": ScalarModel}
 
@@ -57,20 +57,34 @@ def _restore_into(path: str, abstract: nnx.State, mesh) -> dict:
     return ckptr.restore(paths.path(path) / "params", target)
 
 
+def _restore(path: str, cfg: ModelConfig, kind: str, saved_scan: bool, mesh) -> dict:
+  """A `kind` model's params for `cfg` from a checkpoint written with
+  scan_layers=`saved_scan`: read in that layout, then converted (one jitted
+  restack into the target shardings; the layer params are briefly held twice)."""
+  _, abstract = abstract_model(lambda r: KINDS[kind](cfg.replace(scan_layers=saved_scan), r))
+  params = _restore_into(path, abstract, mesh)
+  if saved_scan == cfg.scan_layers:
+    return params
+  _, target = abstract_model(lambda r: KINDS[kind](cfg, r))
+  shardings = nnx.to_pure_dict(state_shardings(target, mesh))
+  with jax.set_mesh(mesh):
+    return jax.jit(lambda p: to_layout(p, cfg.scan_layers), out_shardings=shardings)(params)
+
+
 def load(path: str, mesh, kind: str | None = None, seed: int = 0, **cfg_overrides):
-  """Restores a saved model; `kind="scalar"` from an "lm" directory copies the trunk."""
+  """Restores a saved model; `kind="scalar"` from an "lm" directory copies the trunk.
+  `scan_layers` may differ from the saved model's: the checkpoint is converted."""
   meta = read_meta(path)
   cfg = ModelConfig(**{**meta["model"], **cfg_overrides})
+  saved_scan = meta["model"].get("scan_layers", False)
   kind = kind or meta["kind"]
   if kind == meta["kind"]:
-    ctor = lambda rngs: KINDS[kind](cfg, rngs)
-    graphdef, abstract = abstract_model(ctor)
-    return nnx.merge(graphdef, _restore_into(path, abstract, mesh))
+    graphdef, _ = abstract_model(lambda rngs: KINDS[kind](cfg, rngs))
+    return nnx.merge(graphdef, _restore(path, cfg, kind, saved_scan, mesh))
   if (meta["kind"], kind) != ("lm", "scalar"):
     raise ValueError(f"{path} holds a {meta['kind']} model; cannot load it as {kind}")
   model = init_sharded(lambda rngs: ScalarModel(cfg, rngs), mesh, seed)
-  _, abstract_lm = abstract_model(lambda rngs: Transformer(cfg, rngs))
-  lm = _restore_into(path, abstract_lm, mesh)
+  lm = _restore(path, cfg, "lm", saved_scan, mesh)
   lm.pop("lm_head", None)
   nnx.update(model.trunk, lm)
   return model

@@ -16,8 +16,18 @@ real and not in its future, so right- and left-padded batches both work;
 positions come from the mask (`positions_from_mask`), so a left-padded
 sequence sees the same positions as the unpadded one.
 
+Layer layouts (`cfg.scan_layers`): unrolled, `layers` is a list of L Blocks and
+the forward pass a Python loop (XLA compiles L copies of a layer); scanned, one
+Block whose every parameter has a leading axis of size L (logical axis None:
+never sharded) and the forward pass one `lax.scan` over it, so XLA compiles one
+layer. Both compute the same function; `to_layout` converts parameter trees.
+`cfg.remat` recomputes each layer's activations in the backward pass instead of
+keeping them: "full" keeps only each layer's input, "dots" also the outputs of
+its projections (`dense`), recomputing attention scores and elementwise work.
+
 KV cache: a pytree `{"k": [L × (B, KV, S, D)], "v": [...], "valid": (B, S)}` with
-a fixed number of slots S (`CACHE_AXES` names the axes). A call with
+a fixed number of slots S (`CACHE_AXES` names the axes); with scanned layers
+k and v are single (L, B, KV, S, D) arrays instead of lists (`cache_axes`). A call with
 `cache_index=i` writes its T tokens into slots i..i+T-1 and attends to every
 valid slot ≤ its own. Prefill is a call at index 0 with the whole (left-padded)
 prompt, decoding a call with T=1. Heads lead the slots so that each (row, head)
@@ -28,13 +38,15 @@ read strided).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-from rlaif_jax.mesh import constrain
+from rlaif_jax.mesh import constrain, logical_sharding
 from rlaif_jax.models.config import ModelConfig
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
@@ -107,7 +119,9 @@ def dense(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
   lead, k = x.shape[:x.ndim - n_in], w.shape[:n_in]
   out = w.shape[n_in:]
   y = matmul(x.reshape(-1, math.prod(k)), w.reshape(math.prod(k), -1))
-  return y.reshape(*lead, *out)
+  # named for remat="dots", which keeps exactly these outputs (a policy on the
+  # dot primitive would not see inside matmul's custom VJP)
+  return checkpoint_name(y.reshape(*lead, *out), "proj")
 
 
 def cache_shape(cfg: ModelConfig, batch: int, slots: int) -> tuple[int, ...]:
@@ -122,9 +136,32 @@ def compute_dtype(cfg: ModelConfig):
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype=None) -> dict:
   """An empty KV cache (every slot invalid), k / v in the compute dtype."""
   shape, dt = cache_shape(cfg, batch, slots), dtype or compute_dtype(cfg)
-  return {"k": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
-          "v": [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)],
-          "valid": jnp.zeros((batch, slots), bool)}
+  if cfg.scan_layers:
+    kv = lambda: jnp.zeros((cfg.n_layers,) + shape, dt)
+  else:
+    kv = lambda: [jnp.zeros(shape, dt) for _ in range(cfg.n_layers)]
+  return {"k": kv(), "v": kv(), "valid": jnp.zeros((batch, slots), bool)}
+
+
+def cache_shardings(cfg: ModelConfig, mesh, batch: int, slots: int,
+                    batch_axis: str | None = "batch") -> dict:
+  """NamedShardings of `init_cache(cfg, batch, slots)`, the same pytree.
+  `batch_axis=None` replicates the rows (a one-row shared prefix)."""
+  axes = (batch_axis,) + CACHE_AXES[1:]
+  shape = cache_shape(cfg, batch, slots)
+  if cfg.scan_layers:
+    kv = logical_sharding((None,) + axes, mesh, (cfg.n_layers,) + shape)
+  else:
+    kv = [logical_sharding(axes, mesh, shape)] * cfg.n_layers
+  return {"k": kv, "v": kv, "valid": logical_sharding((batch_axis, "length"), mesh, (batch, slots))}
+
+
+def map_cache(fn, cache: dict) -> dict:
+  """`fn` applied to each layer's k and v (axes CACHE_AXES) and to `valid`
+  (B, S), in either layout: code that reshapes a cache sees one layer at a time."""
+  def kv(x):
+    return [fn(a) for a in x] if isinstance(x, (list, tuple)) else jax.vmap(fn)(x)
+  return {"k": kv(cache["k"]), "v": kv(cache["v"]), "valid": fn(cache["valid"])}
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -295,13 +332,56 @@ class Block(nnx.Module):
     return constrain(x, ("batch", "length", None)), layer_cache
 
 
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """One Block whose parameters carry a leading layer axis of size L (each layer
+  initialised from its own key); the layer axis is never sharded."""
+  keys = jax.random.split(rngs.params(), cfg.n_layers)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(cfg, nnx.Rngs(0))))
+  state = jax.vmap(lambda k: nnx.split(Block(cfg, nnx.Rngs(params=k)))[1])(keys)
+  for _, var in nnx.to_flat_state(state):
+    var.set_metadata(logical_axes=(None,) + tuple(var.get_metadata()["logical_axes"]))
+  return nnx.merge(graphdef, state)
+
+
+def remat(fn, policy: str):
+  """`fn` rematerialised under `model.remat` (see the module docstring)."""
+  if policy == "none":
+    return fn
+  saveable = None if policy == "full" else jax.checkpoint_policies.save_only_these_names("proj")
+  return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
+
+
+def to_layout(tree, scan_layers: bool):
+  """A parameter tree (pure dict, or any dict with a "layers" entry at any
+  depth) in the scanned layout (`layers` = one dict of (L, ...) arrays) or the
+  unrolled one (`layers` = {0: {...}, 1: {...}, ...}); the identity if already so."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, val in tree.items():
+    if key == "layers" and isinstance(val, dict):
+      unrolled = all(isinstance(k, int) for k in val)
+      if scan_layers and unrolled:
+        val = jax.tree.map(lambda *xs: jnp.stack(xs), *(val[i] for i in range(len(val))))
+      elif not scan_layers and not unrolled:
+        n = jax.tree.leaves(val)[0].shape[0]
+        val = {i: jax.tree.map(lambda x, i=i: x[i], val) for i in range(n)}
+      out[key] = val
+    else:
+      out[key] = to_layout(val, scan_layers)
+  return out
+
+
 class Transformer(nnx.Module):
   """Causal LM. `lm_head=False` builds the trunk only (reward / value models)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, lm_head: bool = True):
     self.cfg = cfg
     self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    if cfg.scan_layers:
+      self.layers = stacked_blocks(cfg, rngs)
+    else:
+      self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg, rngs)
     self.lm_head = nnx.data(None)
     if lm_head and not cfg.tie_embeddings:
@@ -334,9 +414,25 @@ class Transformer(nnx.Module):
       key_valid = jax.lax.dynamic_update_slice_in_dim(
           cache["valid"], mask.astype(bool), cache_index, 1)
       slot0, new_cache = cache_index, {"k": [], "v": [], "valid": key_valid}
+    # Every layer has the same graph: one graphdef, the parameters as a pytree
+    # argument, so the layer function can be scanned and rematerialised.
+    first = self.layers if self.cfg.scan_layers else self.layers[0]
+    graphdef = nnx.graphdef(first)
+
+    @functools.partial(remat, policy=self.cfg.remat)
+    def layer_fn(state, x, lc):
+      return nnx.merge(graphdef, state)(x, positions, key_valid, slot0, inv_freq, lc)
+
+    if self.cfg.scan_layers:
+      kv = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+      x, kv = jax.lax.scan(lambda x, xs: layer_fn(*xs[:1], x, xs[1]), x,
+                           (nnx.state(self.layers), kv))
+      if cache is not None:
+        new_cache.update(kv)
+      return self.final_norm(x), new_cache
     for i, layer in enumerate(self.layers):
       lc = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
-      x, lc = layer(x, positions, key_valid, slot0, inv_freq, lc)
+      x, lc = layer_fn(nnx.state(layer), x, lc)
       if cache is not None:
         new_cache["k"].append(lc["k"])
         new_cache["v"].append(lc["v"])
