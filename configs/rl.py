@@ -31,12 +31,20 @@ def rl_config() -> ml_collections.ConfigDict:
       labeler=labeler_config(),  # reward == "labeler": the direct scorer's model
       value_init="policy",       # policy (the SFT checkpoint, as in the paper) | reward_model
       shared_value_head=False,   # True: value head on the policy trunk (saves a network)
-      # sampling
+      # sampling. The trained policy is softmax(logits / temperature) – what the
+      # rollouts sample (before top-k/top-p); policy, reference and KL all see the
+      # tempered logits, so temperature must be > 0.
       temperature=0.9, top_k=0, top_p=1.0,
       max_new_tokens=0,          # 0 = data.max_response_len
       # KL to the reference
       kl_estimator="k1",         # k1 | k2 | k3 (rl_losses.kl_estimate)
-      kl_coef=0.05,              # β (initial β when adaptive)
+      # Where the KL penalty goes. "reward": −β·k per token in the rewards; only k1
+      # then gives the gradient of KL(π‖π_ref) – k2/k3 still penalise drift but their
+      # gradient is biased. "loss": + β·mean k in the loss (as GRPO does); k2 gives
+      # ∇KL(π‖π_ref), k3 ∇KL(π_ref‖π); k1 is refused (its gradient has mean 0).
+      kl_penalty="reward",       # reward | loss
+      kl_coef=0.05,              # β (initial β when adaptive); < 1 for reinforce_baseline,
+                                 # whose (1 − β)·r it is (the controller stops at 0.99)
       adaptive_kl=False,         # Ziegler's proportional controller toward kl_target
       kl_target=6.0,             # nats per response
       kl_horizon=10000,

@@ -17,10 +17,11 @@ Per step i the next token is drawn from
                            smallest set whose mass reaches top_p   (T > 0)
     v_i = argmax_v z_v                                             (T = 0)
 
-and `logprobs[b, i] = log softmax(z)[v_i]` – the log-probability under the
-model's own distribution (temperature 1, no top-k/top-p filtering), which is
-what a policy-gradient loss and a KL penalty need; the sampling distribution
-is only a way of choosing tokens.
+and `logprobs[b, i] = log softmax(z / T)[v_i]` (T = 1 for greedy) – the
+log-probability under the *tempered* model, before top-k / top-p filtering.
+That is the policy RL trains (rlaif_jax.learners.rl: its scoring pass and loss
+divide the logits by the same T), so these equal the learner's old log-probs;
+the filters only truncate the tail the tempered policy samples from.
 
 A row stops at EOS or at a stop string. The EOS / stop token itself is kept
 (counted in `lengths`, `ended` True); what follows is `pad_id` with log-prob 0.
@@ -70,7 +71,7 @@ class SamplingConfig:
 @dataclasses.dataclass
 class SampleOutput:
   tokens: np.ndarray     # int32 [B, N]: generated ids, pad after the end
-  logprobs: np.ndarray   # float32 [B, N]: log p_model(token), 0 after the end
+  logprobs: np.ndarray   # float32 [B, N]: log softmax(z / T)(token), 0 after the end
   lengths: np.ndarray    # int32 [B]: generated tokens incl. EOS / stop
   ended: np.ndarray      # bool [B]: stopped at EOS or a stop string (not by the budget)
 
@@ -134,7 +135,8 @@ def _generate(graphdef, cfg: SamplingConfig, stop_ids: tuple, eos_id: int, pad_i
   def emit(i, step_logits, key, out, logp, done, ended, length):
     key, sub = jax.random.split(key)
     tok = choose(sub, step_logits, cfg)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(step_logits, -1), tok[:, None], -1)[:, 0]
+    scaled = step_logits.astype(jnp.float32) / (cfg.temperature or 1.0)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(scaled, -1), tok[:, None], -1)[:, 0]
     tok = jnp.where(done, pad_id, tok)
     out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], m + i, 1)
     logp = jax.lax.dynamic_update_slice_in_dim(logp, jnp.where(done, 0.0, lp)[:, None], i, 1)

@@ -190,3 +190,131 @@ def test_sigkill_and_restart_is_bit_identical(tmp_path):
   for r in rows_ref:
     assert rows_b[r["step"]]["kl_coef"] == r["kl_coef"]
     assert rows_b[r["step"]]["reward"] == r["reward"]
+
+
+# ------------------------------------------------------------ temperature
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_learner_logprobs_are_tempered_and_first_ratio_is_one(mesh, tmp_path):
+  """At T = 0.7 the rollout's old log-probs, the sampler's and the reference's
+  are log softmax(z / 0.7) of a full forward pass of the unpadded sequence; the
+  first PPO step on the rollout sees ratio 1 everywhere (nothing clipped, no
+  drift)."""
+  from flax import nnx
+  T = 0.7
+  c = toy_config(algorithm="ppo", minibatches=1, ppo_epochs=1, shared_value_head=True,
+                 temperature=T)
+  lrn = learner(c, tmp_path, mesh)
+  state = rl.RolloutState(common.data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
+  ro = lrn.rollout(next(state), 0, state)
+  policy = lrn.trainer.model().policy
+  n_new, m = lrn.n_new, ro["response_mask"]
+  p = ro["tokens"].shape[1] - n_new
+  seqs = [list(t[:p][mk[:p]]) + list(t[p:p + n]) for t, mk, n in
+          zip(ro["tokens"], ro["mask"], ro["lengths"])]
+  width = -(-max(map(len, seqs)) // 16) * 16
+  toks, mask = np.zeros((len(seqs), width), np.int32), np.zeros((len(seqs), width), bool)
+  for i, s in enumerate(seqs):
+    toks[i, :len(s)], mask[i, :len(s)] = s, True
+  with jax.set_mesh(mesh):
+    logits = np.asarray(nnx.jit(lambda mdl, t, k: mdl(t, k)[0])(policy, toks, mask), np.float64)
+  want = np.zeros(m.shape)
+  for i, (s, n) in enumerate(zip(seqs, ro["lengths"])):
+    lp = _log_softmax(logits[i] / T)
+    start = len(s) - n
+    want[i, :n] = lp[np.arange(start - 1, len(s) - 1), s[start:]]
+  np.testing.assert_allclose(np.where(m, ro["old_logp"], 0), want, atol=2e-4)
+  np.testing.assert_allclose(np.where(m, ro["ref_logp"], 0), want, atol=2e-4)
+  np.testing.assert_allclose(ro["sampler_logp"], want, atol=2e-4)
+  # at T = 1 the same tokens would score differently: the check has teeth
+  untempered = [_log_softmax(logits[i])[len(s) - 2, s[-1]] for i, s in enumerate(seqs)]
+  assert np.max(np.abs(np.array(untempered) - want[np.arange(len(seqs)), ro["lengths"] - 1])) > 0.05
+  metrics = lrn.trainer.check(1, lrn.trainer.step({k: ro[k] for k in rl.TRAIN_KEYS}))
+  assert metrics["clip_frac"] == 0.0 and abs(metrics["policy_drift_kl"]) < 1e-6, metrics
+
+
+# ------------------------------------------------------------ the update loop
+
+def test_epochs_use_every_row_once_with_the_rollouts_old_values(mesh, tmp_path):
+  """PPO with 2 epochs x 2 minibatches: the loss receives every rollout row
+  exactly once per epoch (reshuffled between epochs), with the rollout's old
+  log-probs, values, advantages and returns – not values recomputed after the
+  first update (which would differ: the policy has moved)."""
+  c = toy_config(algorithm="ppo", minibatches=2, ppo_epochs=2, shared_value_head=True,
+                 temperature=0.8)
+  lrn = learner(c, tmp_path, mesh)
+  state = rl.RolloutState(common.data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
+  ro = lrn.rollout(next(state), 0, state)
+  seen, step = [], lrn.trainer.step
+  lrn.trainer.step = lambda batch: (seen.append({k: np.array(v) for k, v in batch.items()}),
+                                    step(batch))[1]
+  lrn.update(ro, 0)
+  assert len(seen) == 4 and all(len(b["tokens"]) == 16 for b in seen)
+  rows = len(ro["tokens"])
+  key = lambda b, i: b["old_logp"][i].tobytes() + b["tokens"][i].tobytes()
+  index = {key(ro, i): i for i in range(rows)}
+  assert len(index) == rows                       # rows are distinguishable
+  orders = []
+  for epoch in (seen[:2], seen[2:]):
+    order = [index[key(b, i)] for b in epoch for i in range(len(b["tokens"]))]
+    assert sorted(order) == list(range(rows))
+    orders.append(order)
+    for b in epoch:
+      idx = [index[key(b, i)] for i in range(len(b["tokens"]))]
+      for k in rl.TRAIN_KEYS:
+        np.testing.assert_array_equal(b[k], ro[k][idx], err_msg=k)
+  assert orders[0] != orders[1]
+  with jax.set_mesh(mesh):
+    logp, values, _, _ = rl._score(lrn.trainer.graphdef, lrn.ref_graphdef, lrn.n_new, 0.8,
+                                   lrn.trainer.state["params"], lrn.ref_params,
+                                   ro["tokens"], ro["mask"])
+  m = ro["response_mask"]
+  assert np.abs(np.asarray(logp) - ro["old_logp"])[m].max() > 1e-3
+  assert np.abs(np.asarray(values) - ro["old_values"])[m].max() > 1e-3
+
+
+# ------------------------------------------------------------ validation
+
+def test_minibatch_grad_accum_refused_before_anything_compiles(tmp_path):
+  """32 rows in 4 PPO minibatches of 8 on data*fsdp = 4 devices cannot hold
+  grad_accum = 4 micro-batches per device: a one-line error from the entry
+  point's stage run, before any data is prepared or any program compiled."""
+  from rlaif_jax import main
+  from rlaif_jax.config import ConfigError
+  c = toy_config(algorithm="ppo", minibatches=4)
+  with c.unlocked():
+    c.train.grad_accum = 4
+    c.mesh.update(data=2, fsdp=2, tensor=2)
+  compiled = []
+  recording = [True]
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *a, **k: compiled.append(name) if recording[0] and "compil" in name else None)
+  jax.monitoring.register_event_listener(
+      lambda name, *a, **k: compiled.append(name) if recording[0] and "compil" in name else None)
+  try:
+    with pytest.raises(ConfigError) as e:
+      main.run_stage(c, str(tmp_path))
+  finally:
+    recording[0] = False
+  msg = str(e.value)
+  assert "\n" not in msg and "rl.minibatches=4" in msg and "grad_accum" in msg, msg
+  assert not compiled, compiled
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["config_rl.json"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(kl_coef=1.0), "rl.kl_coef=1.0 must be < 1"),
+    (dict(kl_penalty="loss", kl_estimator="k1"), "k1"),
+    (dict(kl_penalty="nope"), "rl.kl_penalty"),
+    (dict(temperature=0.0), "rl.temperature=0.0 must be > 0"),
+])
+def test_validate_refuses(overrides, match, mesh):
+  from rlaif_jax.config import ConfigError
+  with pytest.raises(ConfigError, match=match) as e:
+    rl.validate(toy_config(**overrides), mesh)
+  assert "\n" not in str(e.value)
+  rl.validate(toy_config(kl_coef=1.0, algorithm="ppo", minibatches=2), mesh)   # PPO: r − β·KL

@@ -162,33 +162,199 @@ def _tiny_actor_critic():
   return rl.ActorCritic(Transformer(cfg, nnx.Rngs(0)), None)
 
 
-@pytest.mark.parametrize("algorithm", ["reinforce_baseline", "ppo"])
-def test_tokens_after_eos_carry_no_loss(algorithm):
-  """Changing anything at positions after EOS (tokens, advantages, old log-probs,
-  returns) changes neither the loss nor its gradient."""
-  model = _tiny_actor_critic()
-  r = types.SimpleNamespace(algorithm=algorithm, clip_eps=0.2, value_clip=0.2, vf_coef=0.5,
-                            entropy_coef=0.01)
-  p, n = 4, 5
-  rng = np.random.default_rng(0)
+def _loss_config(algorithm, kl_penalty="reward", kl_estimator="k1", temperature=0.7):
+  return types.SimpleNamespace(algorithm=algorithm, clip_eps=0.2, value_clip=0.2, vf_coef=0.5,
+                               entropy_coef=0.01, temperature=temperature, kl_penalty=kl_penalty,
+                               kl_estimator=kl_estimator)
+
+
+def _train_batch(p=4, n=5, seed=0):
+  rng = np.random.default_rng(seed)
   resp = np.arange(n)[None] < np.array([[2], [5]])           # row 0 ended at its 2nd token
-  batch = dict(tokens=rng.integers(3, 32, (2, p + n)).astype(np.int32),
-               mask=np.concatenate([np.ones((2, p), bool), resp], 1), response_mask=resp,
-               old_logp=rng.normal(size=(2, n)).astype(np.float32) - 3,
-               old_values=rng.normal(size=(2, n)).astype(np.float32),
-               advantages=rng.normal(size=(2, n)).astype(np.float32),
-               returns=rng.normal(size=(2, n)).astype(np.float32))
+  return dict(tokens=rng.integers(3, 32, (2, p + n)).astype(np.int32),
+              mask=np.concatenate([np.ones((2, p), bool), resp], 1), response_mask=resp,
+              old_logp=rng.normal(size=(2, n)).astype(np.float32) - 3,
+              old_values=rng.normal(size=(2, n)).astype(np.float32),
+              advantages=rng.normal(size=(2, n)).astype(np.float32),
+              returns=rng.normal(size=(2, n)).astype(np.float32),
+              ref_logp=rng.normal(size=(2, n)).astype(np.float32) - 3,
+              kl_coef=np.full(2, 0.1, np.float32))
+
+
+@pytest.mark.parametrize("algorithm,kl_penalty,estimator", [
+    ("reinforce_baseline", "reward", "k1"), ("ppo", "reward", "k1"), ("ppo", "loss", "k3"),
+    ("reinforce_baseline", "loss", "k2")])
+@pytest.mark.parametrize("shift", [100.0, -100.0, 1e4, -1e4])
+def test_adversarial_padding_changes_nothing(algorithm, kl_penalty, estimator, shift):
+  """Anything at positions after EOS – tokens, and the old and reference
+  log-probs, values, advantages and returns shifted by ±100 or ±1e4 (exp of the
+  log-ratio overflows float32: 0·inf would be NaN) – leaves the loss, its
+  gradient and every metric finite and unchanged."""
+  model = _tiny_actor_critic()
+  p, n = 4, 5
+  batch = _train_batch(p, n)
   other = {k: v.copy() for k, v in batch.items()}
   other["tokens"][0, p + 2:] = 7
-  for k in ("old_logp", "old_values", "advantages", "returns"):
-    other[k][0, 2:] += 100.0
-  loss_fn = rl.make_loss_fn(r, n)
+  for k in ("old_logp", "ref_logp", "old_values", "advantages", "returns"):
+    other[k][0, 2:] += shift
+  loss_fn = rl.make_loss_fn(_loss_config(algorithm, kl_penalty, estimator), n)
   graphdef, params = nnx.split(model)
 
   def f(params, b):
-    return loss_fn(nnx.merge(graphdef, params), b)[0]
-  vg = jax.jit(jax.value_and_grad(f))
-  (l1, g1), (l2, g2) = (vg(params, b) for b in (batch, other))
-  assert float(l1) == pytest.approx(float(l2), rel=1e-6)
+    return loss_fn(nnx.merge(graphdef, params), b)
+  vg = jax.jit(jax.value_and_grad(f, has_aux=True))
+  ((l1, m1), g1), ((l2, m2), g2) = (vg(params, b) for b in (batch, other))
+  assert np.isfinite(float(l1)) and float(l1) == pytest.approx(float(l2), rel=1e-6)
+  assert set(m1) == set(m2) and ("kl_loss" in m1) == (kl_penalty == "loss")
+  for k in m1:
+    assert np.isfinite(float(m2[k])) and float(m2[k]) == pytest.approx(float(m1[k]), rel=1e-5,
+                                                                         abs=1e-7), k
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    assert np.all(np.isfinite(np.asarray(b)))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # the rollout side: KL, rewards, advantages, returns from shifted log-probs and values
+  args = [np.float32(v) for v in (batch["old_logp"], batch["ref_logp"], batch["old_values"])]
+  shifted = [np.float32(v) for v in (other["old_logp"], other["ref_logp"], other["old_values"])]
+  score, m = np.array([0.5, -1.0], np.float32), batch["response_mask"]
+  for est in ("k1", "k2", "k3"):
+    outs = [rl.advantages(algorithm, est, 1.0, 0.95, algorithm == "ppo", *a, m, score,
+                          np.float32(0.1)) for a in (args, shifted)]
+    for x, y in zip(*outs):
+      assert np.all(np.isfinite(np.asarray(y)))
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_functions_select_rather_than_multiply():
+  x = jnp.array([1.0, 3.0, jnp.inf, jnp.nan])
+  mask = jnp.array([True, True, False, False])
+  assert float(L.masked_mean(x, mask)) == 2.0
+  assert float(L.masked_var(x, mask)) == 1.0
+  np.testing.assert_allclose(L.whiten(x, mask), [-1.0, 1.0, 0, 0], rtol=1e-6)
+  g = jax.grad(lambda lp: L.ppo_policy_loss(lp, jnp.array([0.0, 0, -1e4, -100]),
+                                            jnp.ones(4), mask, 0.2)[0])(jnp.zeros(4))
+  np.testing.assert_allclose(g, [-0.5, -0.5, 0, 0])
+
+
+# ------------------------------------------------------------ numpy references
+
+def np_kl(logp, ref, est):
+  d = logp.astype(np.float64) - ref
+  return {"k1": d, "k2": d * d / 2, "k3": np.exp(-d) - 1 + d}[est]
+
+
+def np_whiten(x, mask):
+  v = x[mask].astype(np.float64)
+  return np.where(mask, (x - v.mean()) / np.sqrt(v.var() + 1e-8), 0.0)
+
+
+def _rollout_arrays(seed=3, b=4, n=7):
+  """Log-probs, values and rewards with junk (large, varied) after each end."""
+  rng = np.random.default_rng(seed)
+  lengths = np.array([7, 3, 1, 5])[:b]
+  mask = np.arange(n)[None] < lengths[:, None]
+  junk = lambda x: np.where(mask, x, rng.normal(size=x.shape) * 50).astype(np.float32)
+  logp = junk(-rng.uniform(0.1, 3, (b, n)))
+  ref = junk(-rng.uniform(0.1, 3, (b, n)))
+  values = junk(rng.normal(size=(b, n)))
+  return logp, ref, values, mask, lengths
+
+
+def test_gae_ignores_rewards_after_the_end():
+  rewards, values, mask, lengths = _episode_arrays()
+  junk = np.where(mask, rewards, 1e3 * np.random.default_rng(5).normal(size=rewards.shape))
+  adv, ret = L.gae(junk.astype(np.float32), values, mask, 0.9, 0.8)
+  want_adv, want_ret = naive_gae(rewards, values, lengths, 0.9, 0.8)
+  np.testing.assert_allclose(adv, want_adv, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ret, want_ret, rtol=1e-5, atol=1e-5)
+
+
+def test_whiten_matches_numpy():
+  logp, _, _, mask, _ = _rollout_arrays()
+  x = logp * 3 + 1
+  np.testing.assert_allclose(L.whiten(x, mask), np_whiten(x, mask), rtol=1e-5, atol=1e-6)
+  w = np.asarray(L.whiten(x, mask))
+  assert abs(w[mask].mean()) < 1e-6 and abs(w[mask].std() - 1) < 1e-5 and not w[~mask].any()
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("kl_in_reward", [True, False])
+def test_ppo_advantages_against_numpy(estimator, kl_in_reward):
+  """The PPO branch of `advantages`: per-token KL by the estimator, the score on
+  the last real token, GAE with γ, λ, then whitening over the batch's real
+  tokens – against a numpy reference that reads nothing past each end."""
+  logp, ref, values, mask, lengths = _rollout_arrays()
+  score, beta, gamma, lam = np.array([1.0, -0.5, 2.0, 0.3], np.float32), 0.2, 0.95, 0.9
+  kl, rewards, adv, ret = rl.advantages("ppo", estimator, gamma, lam, True, logp, ref, values,
+                                        mask, score, np.float32(beta), kl_in_reward=kl_in_reward)
+  want_kl = np.where(mask, np_kl(logp, ref, estimator), 0.0)
+  want_r = np.where(mask, -beta * want_kl if kl_in_reward else 0.0, 0.0)
+  for i, n in enumerate(lengths):
+    want_r[i, n - 1] += score[i]
+  want_adv, want_ret = naive_gae(want_r, values, lengths, gamma, lam)
+  np.testing.assert_allclose(kl, want_kl, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rewards, want_r, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ret, want_ret, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(adv, np_whiten(want_adv, mask), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_reinforce_advantages_with_k2_k3(estimator):
+  """The paper's branch with k2 / k3 in the reward: Z_t = (1−β)·r − β·Σ_{s≥t} k_s."""
+  logp, ref, values, mask, lengths = _rollout_arrays(4)
+  score, beta = np.array([1.0, -0.5, 2.0, 0.3], np.float32), 0.1
+  _, _, adv, ret = rl.advantages("reinforce_baseline", estimator, 1.0, 1.0, False, logp, ref,
+                                 values, mask, score, np.float32(beta))
+  k = np_kl(logp, ref, estimator)
+  for i, n in enumerate(lengths):
+    for t in range(n):
+      want = (1 - beta) * score[i] - beta * k[i, t:n].sum()
+      assert ret[i, t] == pytest.approx(want, rel=1e-5, abs=1e-5)
+      assert adv[i, t] == pytest.approx(want - values[i, t], rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_kl_loss_term_value_and_gradient(estimator):
+  """rl.kl_penalty='loss': the loss gains β·mean k; its gradient per token is
+  d/N (k2) or (1 − exp(−d))/N (k3), d = log π − log π_ref, N real tokens."""
+  logp, ref, _, mask, _ = _rollout_arrays(6)
+  n = mask.sum()
+  val, grad = jax.value_and_grad(lambda lp: L.kl_loss(lp, ref, mask, estimator))(logp)
+  assert float(val) == pytest.approx(np_kl(logp, ref, estimator)[mask].sum() / n, rel=1e-5)
+  d = logp.astype(np.float64) - ref
+  want = np.where(mask, d if estimator == "k2" else 1 - np.exp(-d), 0.0) / n
+  np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7)
+  # inside the learner's loss: the difference to the reward-mode loss is β·that term
+  model = _tiny_actor_critic()
+  batch = _train_batch()
+  batch["kl_coef"][:] = 0.3
+  graphdef, params = nnx.split(model)
+  losses = {}
+  for mode in ("reward", "loss"):
+    fn = rl.make_loss_fn(_loss_config("ppo", mode, estimator), 5)
+    losses[mode] = jax.jit(lambda p, b: fn(nnx.merge(graphdef, p), b))(params, batch)
+  (l_r, _), (l_l, m_l) = losses["reward"], losses["loss"]
+  # the policy's log-probs at T = 0.7 from a full forward, in numpy
+  logits = np.asarray(model(batch["tokens"], batch["mask"])[0], np.float64)[:, 3:-1] / 0.7
+  lsm = logits - logits.max(-1, keepdims=True)
+  lsm -= np.log(np.exp(lsm).sum(-1, keepdims=True))
+  lp = np.take_along_axis(lsm, batch["tokens"][:, 4:, None], -1)[..., 0]
+  m = batch["response_mask"]
+  want = np_kl(lp, batch["ref_logp"], estimator)[m].mean()
+  assert float(m_l["kl_loss"]) == pytest.approx(want, rel=1e-4)
+  assert float(l_l) - float(l_r) == pytest.approx(0.3 * want, rel=1e-3)
+
+
+def test_reward_norm_batch():
+  raw, ended = np.array([3.0, -1.0, 0.5, 2.0]), np.array([True, False, True, True])
+  s, stats = shape_scores(raw, ended, _shaping(reward_norm="batch", missing_eos_penalty=0.5,
+                                               reward_clip=1.2), [0, 0.0, 0.0])
+  z = (raw - raw.mean()) / raw.std()
+  np.testing.assert_allclose(s, np.clip(z, -1.2, 1.2) - 0.5 * ~ended, rtol=1e-5)
+  assert stats == [0, 0.0, 0.0]            # batch norm keeps no running statistics
+
+
+def test_adaptive_kl_controller_cap():
+  assert L.adaptive_kl_coef(0.98, kl=100.0, target=1.0, horizon=10, n=10,
+                            max_beta=0.99) == 0.99
+  assert L.adaptive_kl_coef(0.5, kl=100.0, target=1.0, horizon=10, n=10,
+                            max_beta=0.99) == pytest.approx(0.6)

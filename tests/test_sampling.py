@@ -60,12 +60,12 @@ def log_softmax(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def model_logprobs(model, mesh, prompts, gen, lengths):
-  """log softmax(full-forward logits) at each generated token."""
+def model_logprobs(model, mesh, prompts, gen, lengths, temperature=1.0):
+  """log softmax(full-forward logits / T) at each generated token."""
   seqs = [list(p) + list(g[:n]) for p, g, n in zip(prompts, gen, lengths)]
   out = np.zeros(gen.shape, np.float32)
   for i, (p, lg) in enumerate(zip(prompts, full_logits(model, mesh, seqs))):
-    lp = log_softmax(lg)
+    lp = log_softmax(lg.astype(np.float64) / temperature)
     for j in range(lengths[i]):
       out[i, j] = lp[len(p) + j - 1, gen[i, j]]
   return out
@@ -82,7 +82,7 @@ def test_greedy_equals_naive_argmax_loop_and_logprobs(setup):
   np.testing.assert_allclose(out.logprobs, want_lp, atol=1e-4)
 
 
-def test_sampled_logprobs_are_model_logprobs_and_seeded(setup):
+def test_sampled_logprobs_are_tempered_model_logprobs_and_seeded(setup):
   mesh, model, tokens, mask = setup
   sampler = Sampler(model, mesh, eos_id=NO_EOS)
   cfg = SamplingConfig(max_new_tokens=N, temperature=0.7, top_p=0.95)
@@ -90,9 +90,12 @@ def test_sampled_logprobs_are_model_logprobs_and_seeded(setup):
   c = sampler(tokens, mask, cfg, seed=2)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert (a.tokens != c.tokens).any()
-  # temperature does not enter the reported log-probs: they are the model's own
-  want = model_logprobs(model, mesh, prompts_of(tokens, mask), a.tokens, a.lengths)
+  # the reported log-probs are the tempered model's, log softmax(z / T), before
+  # the top-p filter: the policy RL trains (not the model at T = 1)
+  want = model_logprobs(model, mesh, prompts_of(tokens, mask), a.tokens, a.lengths, 0.7)
   np.testing.assert_allclose(a.logprobs, want, atol=1e-4)
+  at_one = model_logprobs(model, mesh, prompts_of(tokens, mask), a.tokens, a.lengths)
+  assert np.abs(at_one - want).max() > 1e-3
   greedy = sampler(tokens, mask, SamplingConfig(max_new_tokens=N))
   assert (a.tokens != greedy.tokens).any()
 
@@ -158,3 +161,72 @@ def test_stop_string(tokenizer, shared_data):
     np.testing.assert_array_equal(out.tokens[r, :want], full[:want])
     np.testing.assert_array_equal(out.tokens[r, want:], 0)
   assert out.ended[0] and stop in sampler.decode(out, skip_special_tokens=False)[0]
+
+
+# ------------------------------------------------------------ the distribution
+
+@pytest.fixture(scope="module")
+def sharp():
+  """The test model with its LM head scaled up: logits of std ~1 rather than
+  ~0.1 (top token 14% at T = 0.7, ~70 tokens in its top-0.8 mass), so
+  temperature and the filters change the distribution a lot."""
+  from conftest import make_mesh
+  mesh = make_mesh()
+  model = init_sharded(lambda r: Transformer(CFG, r), mesh, seed=3)
+  head = model.lm_head if model.lm_head is not None else model.embed
+  head[...] = head[...] * 10.0
+  return mesh, model
+
+
+def reference_probs(z, temperature, top_k, top_p):
+  """The sampling distribution from its definition: softmax(z / T), restricted
+  to the k largest, renormalised, then to the smallest most-likely set whose
+  mass reaches top_p, renormalised."""
+  p = np.exp(log_softmax(z.astype(np.float64) / temperature))
+  order = np.argsort(-p, kind="stable")
+  keep = np.zeros(len(p), bool)
+  keep[order[:top_k or len(p)]] = True
+  p = np.where(keep, p, 0.0) / p[keep].sum()
+  if top_p < 1:
+    mass_before = np.cumsum(p[order]) - p[order]
+    keep = np.zeros(len(p), bool)
+    keep[order[mass_before < top_p]] = True
+    p = np.where(keep, p, 0.0) / p[keep].sum()
+  return p
+
+
+def chi_square_p(counts, probs):
+  """Pearson's χ² p-value, bins with expected count < 5 pooled."""
+  from scipy import stats
+  n = counts.sum()
+  expected = probs * n
+  big = expected >= 5
+  obs = np.append(counts[big], counts[~big].sum())
+  exp = np.append(expected[big], expected[~big].sum())
+  if exp[-1] == 0:
+    obs, exp = obs[:-1], exp[:-1]
+  return stats.chisquare(obs, exp).pvalue
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (12, 1.0), (0, 0.8), (20, 0.9)])
+def test_20k_samples_follow_the_tempered_filtered_softmax(sharp, top_k, top_p):
+  """20 000 first tokens after one prompt at T = 0.7: their counts fit the
+  reference distribution (χ², p > 1e-3 with a fixed seed), tokens outside the
+  filters never appear, the same counts reject the distribution at T = 1
+  (the test can tell temperatures apart), and each token's reported log-prob
+  is log softmax(z / T)."""
+  mesh, model = sharp
+  T, n = 0.7, 20_000
+  prompt = [5, 17, 200, 33]
+  z = full_logits(model, mesh, [prompt])[0][-1].astype(np.float64)
+  out = Sampler(model, mesh, eos_id=NO_EOS)(
+      np.tile(np.array(prompt, np.int32), (n, 1)), np.ones((n, len(prompt)), bool),
+      SamplingConfig(max_new_tokens=1, temperature=T, top_k=top_k, top_p=top_p), seed=11)
+  tok = out.tokens[:, 0]
+  counts = np.bincount(tok, minlength=CFG.vocab_size)
+  want = reference_probs(z, T, top_k, top_p)
+  assert counts[want == 0].sum() == 0
+  assert (want > 0).sum() < CFG.vocab_size or (top_k == 0 and top_p == 1.0)
+  assert chi_square_p(counts, want) > 1e-3
+  assert chi_square_p(counts, reference_probs(z, 1.0, top_k, top_p)) < 1e-8
+  np.testing.assert_allclose(out.logprobs[:, 0], log_softmax(z / T)[tok], atol=1e-4)

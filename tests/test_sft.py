@@ -54,7 +54,7 @@ def test_loss_is_response_only_cross_entropy(mesh):
     logits, _ = nnx.jit(lambda m, t, k: m(t, k))(model, batch["tokens"], batch["mask"])
   logits = np.asarray(logits, np.float64)
   np.testing.assert_allclose(float(loss), reference_nll(logits, batch), rtol=1e-5)
-  assert int(aux["response_tokens"]) == int((batch["response_mask"][:, 1:] & batch["mask"][:, 1:]).sum())
+  assert int(aux["weight"]) == int((batch["response_mask"][:, 1:] & batch["mask"][:, 1:]).sum())
   # counting the prompt as response would give a different number
   assert abs(float(loss) - reference_nll(logits, dict(batch, response_mask=batch["mask"]))) > 1e-4
 

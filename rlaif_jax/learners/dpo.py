@@ -113,6 +113,8 @@ def make_loss_fn(graphdef, beta: float, label_smoothing: float = 0.0):
     ref_a, ref_b = jax.lax.stop_gradient(ref_a), jax.lax.stop_gradient(ref_b)
     stats = pair_stats(pi_a, pi_b, ref_a, ref_b, batch, beta, label_smoothing)
     means = {k: _masked_mean(v.astype(jnp.float32), w) for k, (v, w) in stats.items()}
+    # the unit is the labeled pair: gradient accumulation weights by their count
+    means["weight"] = jnp.sum(stats["loss"][1]).astype(jnp.float32)
     return means.pop("loss"), means
   return loss_fn
 

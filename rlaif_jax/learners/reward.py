@@ -44,12 +44,14 @@ def pair_rewards(model, batch):
 
 
 def rm_loss(model, batch, rng=None):
+  """Mean over pairs (the pair is the unit: aux["weight"] = the batch's pair
+  count, so gradient accumulation averages over pairs)."""
   r1, r2 = pair_rewards(model, batch)
   p = batch["label"]
   agree = jnp.where(p == 0.5, 0.5, ((r1 > r2) == (p > 0.5)).astype(jnp.float32))
   return jnp.mean(soft_label_loss(r1, r2, p)), {
       "accuracy_train_labels": jnp.mean(agree), "reward_mean": jnp.mean(jnp.concatenate([r1, r2])),
-      "margin": jnp.mean(jnp.abs(r1 - r2))}
+      "margin": jnp.mean(jnp.abs(r1 - r2)), "weight": jnp.float32(r1.shape[0])}
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -6,14 +6,29 @@ One iteration:
      `rl.temperature`; one forward pass of policy, value and reference scores
      the response tokens (log π, V, log π_ref, entropy); the reward source
      (rl_rewards) scores the decoded text or tokens.
-  2. per-token rewards r_t = c·score·[t last] − β·KL_t (rl_losses.token_rewards);
+  2. per-token rewards r_t = c·score·[t last] − β·KL_t (rl_losses.token_rewards;
+     with `rl.kl_penalty="loss"` the KL is a loss term instead, below);
      `reinforce_baseline` (the paper): c = 1 − β, γ = 1, A_t = Z_t − V_t with Z
      the return; `ppo`: c = 1, GAE(γ, λ), advantages whitened.
   3. updates – reinforce_baseline: one step on the whole batch,
          L = −mean log π · stopgrad(A) + vf_coef · mean (V − Z)²;
      ppo: `rl.ppo_epochs` passes over `rl.minibatches` shuffled minibatches,
-         L = clipped surrogate + vf_coef · clipped value loss − entropy_coef · H.
-  4. β: fixed, or Ziegler's proportional controller toward `rl.kl_target`.
+         L = clipped surrogate + vf_coef · clipped value loss − entropy_coef · H;
+     either + β · mean k(log π − log π_ref) with `rl.kl_penalty="loss"`
+     (rl_losses.kl_estimate says what k2 / k3 do to the gradient in each place).
+  4. β: fixed, or Ziegler's proportional controller toward `rl.kl_target`. In
+     the paper's (1 − β)·r form (reinforce_baseline) β ≥ 1 would flip the
+     reward's sign: `validate` refuses rl.kl_coef ≥ 1 there, and the controller
+     is capped at MAX_PAPER_BETA = 0.99.
+
+Temperature: the trained policy is the *tempered* one, π_T = softmax(z / T)
+with T = `rl.temperature` – the distribution the rollouts are sampled from
+(before top-k / top-p filtering), as in lm-human-preferences and TRL. The
+scoring pass, the loss, the reference and hence the KL all see logits / T, so
+the first PPO ratio of every rollout is exactly 1, E[∇log π_T(a)] = 0 under the
+samples (the baseline stays unbiased) and the logged KL is KL(π_T ‖ π_ref,T).
+The saved policy is the network itself: sample it at `rl.temperature` to get
+what was trained (greedy decoding is unaffected by T).
 
 Models: policy and value live in one NNX container (`ActorCritic`) trained by
 one shared `Trainer` and optimizer; the value is a separate ScalarModel (from
@@ -72,7 +87,9 @@ from rlaif_jax.models import store
 from rlaif_jax.sampling import Sampler, SamplingConfig
 
 ALGORITHMS = ("reinforce_baseline", "ppo")
-TRAIN_KEYS = ("tokens", "mask", "response_mask", "old_logp", "old_values", "advantages", "returns")
+TRAIN_KEYS = ("tokens", "mask", "response_mask", "old_logp", "old_values", "advantages", "returns",
+              "ref_logp", "kl_coef")
+MAX_PAPER_BETA = 0.99    # the adaptive β's cap in the (1 − β)·r form
 
 
 # ------------------------------------------------------------------ models
@@ -100,13 +117,19 @@ class ActorCritic(nnx.Module):
     return self.policy.logits(h), self.value.per_token(tokens, mask)
 
 
-def response_outputs(model: ActorCritic, tokens, mask, n_new: int):
-  """log π(a_t|s_t), V(s_t) and the entropy of π(·|s_t) for the last n_new
-  positions (the response): position P−1+t predicts response token t."""
+def token_logprobs(logits, tokens, n_new: int, temperature: float):
+  """log softmax(z / T) of each response token: position P−1+t predicts token t."""
+  logits = logits[:, -n_new - 1:-1].astype(jnp.float32) / temperature
+  lp = jax.nn.log_softmax(logits)
+  return jnp.take_along_axis(lp, tokens[:, -n_new:, None], -1)[..., 0], logits
+
+
+def response_outputs(model: ActorCritic, tokens, mask, n_new: int, temperature: float):
+  """log π_T(a_t|s_t), V(s_t) and the entropy of π_T(·|s_t) for the last n_new
+  positions (the response), π_T the policy at temperature T."""
   logits, values = model(tokens, mask)
-  logits, values = logits[:, -n_new - 1:-1], values[:, -n_new - 1:-1]
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, -n_new:, None], -1)[..., 0]
-  return logp, values, L.entropy_from_logits(logits)
+  logp, scaled = token_logprobs(logits, tokens, n_new, temperature)
+  return logp, values[:, -n_new - 1:-1], L.entropy_from_logits(scaled)
 
 
 def build_models(config, mesh, tok) -> ActorCritic:
@@ -121,11 +144,16 @@ def build_models(config, mesh, tok) -> ActorCritic:
 # ------------------------------------------------------------------ loss
 
 def make_loss_fn(r, n_new: int):
-  """loss_fn(model, batch, rng) for the Trainer; batch holds TRAIN_KEYS."""
+  """loss_fn(model, batch, rng) for the Trainer; batch holds TRAIN_KEYS.
+
+  Every term is a mean over the batch's response tokens; aux["weight"] is
+  their count, so gradient accumulation gives the token mean of the batch."""
   ppo = r.algorithm == "ppo"
+  kl_in_loss = r.kl_penalty == "loss"
 
   def loss_fn(model, batch, rng=None):
-    logp, values, entropy = response_outputs(model, batch["tokens"], batch["mask"], n_new)
+    logp, values, entropy = response_outputs(model, batch["tokens"], batch["mask"], n_new,
+                                             r.temperature)
     m, adv = batch["response_mask"], batch["advantages"]
     if ppo:
       pg, clip_frac = L.ppo_policy_loss(logp, batch["old_logp"], adv, m, r.clip_eps)
@@ -135,34 +163,47 @@ def make_loss_fn(r, n_new: int):
       vf = L.value_loss(values, batch["returns"], m)
     ent = L.masked_mean(entropy, m)
     loss = pg + r.vf_coef * vf - r.entropy_coef * ent
-    approx_kl = L.masked_mean(L.kl_estimate(batch["old_logp"], logp, "k3"), m)
-    return loss, {"policy_loss": pg, "value_loss": vf, "clip_frac": clip_frac,
-                  "policy_drift_kl": approx_kl}
+    aux = {"policy_loss": pg, "value_loss": vf, "clip_frac": clip_frac,
+           # KL(π_old ‖ π) by k3 on the rollout's tokens: how far the updates moved
+           "policy_drift_kl": L.kl_loss(batch["old_logp"], logp, m, "k3"),
+           "weight": jnp.sum(m.astype(jnp.float32))}
+    if kl_in_loss:
+      # β is per row in the batch (it changes between rollouts, not within one)
+      aux["kl_loss"] = L.kl_loss(logp, batch["ref_logp"], m, r.kl_estimator)
+      loss = loss + batch["kl_coef"][0] * aux["kl_loss"]
+    return loss, aux
   return loss_fn
 
 
 # ------------------------------------------------------------------ rollout
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _score(graphdef, ref_graphdef, n_new, params, ref_params, tokens, mask):
-  logp, values, entropy = response_outputs(nnx.merge(graphdef, params), tokens, mask, n_new)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _score(graphdef, ref_graphdef, n_new, temperature, params, ref_params, tokens, mask):
+  """The rollout's log π_T, V, entropy of π_T and log π_ref,T (both at temperature T)."""
+  logp, values, entropy = response_outputs(nnx.merge(graphdef, params), tokens, mask, n_new,
+                                           temperature)
   ref_logits, _ = nnx.merge(ref_graphdef, ref_params)(tokens, mask)
-  ref_lp = jax.nn.log_softmax(ref_logits[:, -n_new - 1:-1])
-  ref_logp = jnp.take_along_axis(ref_lp, tokens[:, -n_new:, None], -1)[..., 0]
+  ref_logp, _ = token_logprobs(ref_logits, tokens, n_new, temperature)
   return logp, values, entropy, ref_logp
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), static_argnames=("kl_in_reward",))
 def advantages(algorithm, estimator, gamma, lam, whiten, logp, ref_logp, values, mask, score,
-               beta):
-  """Per-token KL, rewards, advantages and value targets for one rollout."""
-  kl = jnp.where(mask, L.kl_estimate(logp, ref_logp, estimator), 0.0)
+               beta, kl_in_reward=True):
+  """Per-token KL, rewards, advantages and value targets for one rollout.
+
+  kl_in_reward=False (`rl.kl_penalty="loss"`): the rewards carry the score
+  only (still scaled by 1 − β in the paper's form); the KL is then a loss term.
+  Whatever the arrays hold after a response's end is ignored."""
+  kl = jnp.where(mask, L.kl_estimate(L.masked_log_ratio(logp, ref_logp, mask), 0.0, estimator),
+                 0.0)
+  beta_r = beta if kl_in_reward else 0.0 * beta
   if algorithm == "reinforce_baseline":   # the paper: γ = 1, Monte-Carlo return
-    rewards = L.token_rewards(score, kl, mask, beta, score_coef=1.0 - beta)
+    rewards = L.token_rewards(score, kl, mask, beta_r, score_coef=1.0 - beta)
     returns = L.discounted_returns(rewards, mask, 1.0)
     adv = jnp.where(mask, returns - values, 0.0)
   else:
-    rewards = L.token_rewards(score, kl, mask, beta)
+    rewards = L.token_rewards(score, kl, mask, beta_r)
     adv, returns = L.gae(rewards, values, mask, gamma, lam)
   if whiten:
     adv = L.whiten(adv, mask)
@@ -269,8 +310,8 @@ class RLLearner:
     with jax.set_mesh(self.mesh):
       g_tokens, g_mask = global_batch((own_rows(tokens), own_rows(mask)), self.mesh)
       logp, values, entropy, ref_logp = _score(self.trainer.graphdef, self.ref_graphdef,
-                                               self.n_new, params, self.ref_params,
-                                               g_tokens, g_mask)
+                                               self.n_new, float(self.r.temperature), params,
+                                               self.ref_params, g_tokens, g_mask)
     raw = self.reward(list(prompts["prompt"]), responses, g_tokens, g_mask)
     score, state.reward_stats = shape_scores(raw, out.ended, self.r, state.reward_stats)
     r = self.r
@@ -278,9 +319,11 @@ class RLLearner:
       kl, rewards, adv, returns = advantages(
           r.algorithm, r.kl_estimator, r.gamma, r.lam,
           bool(r.whiten_advantages and r.algorithm == "ppo"),
-          logp, ref_logp, values, resp_mask, score, np.float32(state.beta))
+          logp, ref_logp, values, resp_mask, score, np.float32(state.beta),
+          kl_in_reward=r.kl_penalty == "reward")
     logp, values, entropy, kl, adv, returns = map(to_host, (logp, values, entropy, kl, adv, returns))
     return dict(tokens=tokens, mask=mask, response_mask=resp_mask, old_logp=logp,
+                kl_coef=np.full(len(tokens), state.beta, np.float32),
                 old_values=values, advantages=adv, returns=returns, kl=kl, entropy=entropy,
                 rewards=to_host(rewards), ref_logp=to_host(ref_logp),
                 raw=raw, score=score, lengths=out.lengths, ended=out.ended,
@@ -352,8 +395,9 @@ class RLLearner:
         metrics.update(self.update(ro, it))
         metrics["seconds_per_iteration"] = time.perf_counter() - t0
         if r.adaptive_kl:
-          state.beta = L.adaptive_kl_coef(state.beta, metrics["kl"], r.kl_target, r.kl_horizon,
-                                          len(ro["tokens"]))
+          state.beta = L.adaptive_kl_coef(
+              state.beta, metrics["kl"], r.kl_target, r.kl_horizon, len(ro["tokens"]),
+              MAX_PAPER_BETA if r.algorithm == "reinforce_baseline" else float("inf"))
         step = it + 1
         if validation and ((c.train.eval_every and step % c.train.eval_every == 0)
                            or step == c.train.steps):
@@ -399,11 +443,22 @@ def validate(config, mesh) -> None:
     raise ConfigError("rl.value_init='reward_model' needs rl.reward_model")
   if not (r.kl_coef >= 0 and math.isfinite(r.kl_coef)) or (r.adaptive_kl and r.kl_target <= 0):
     raise ConfigError(f"rl.kl_coef={r.kl_coef} must be >= 0 (and rl.kl_target > 0 when adaptive)")
-  if r.algorithm == "ppo":
-    rows, dp = config.train.batch_size, data_parallel_size(mesh)
-    if rows % r.minibatches or (rows // r.minibatches) % dp:
-      raise ConfigError(f"train.batch_size={rows} must split into rl.minibatches={r.minibatches} "
-                        f"minibatches of a multiple of data*fsdp={dp} rows")
+  if r.algorithm == "reinforce_baseline" and r.kl_coef >= 1:
+    raise ConfigError(f"rl.kl_coef={r.kl_coef} must be < 1 with reinforce_baseline: its reward "
+                      f"is (1 − β)·r, whose sign β ≥ 1 flips")
+  if r.kl_penalty not in ("reward", "loss"):
+    raise ConfigError(f"rl.kl_penalty={r.kl_penalty!r}: use reward or loss")
+  if r.kl_penalty == "loss" and r.kl_estimator == "k1":
+    raise ConfigError("rl.kl_penalty='loss' with rl.kl_estimator='k1': the gradient of k1 has "
+                      "mean 0 (no pull toward the reference); use k2 or k3")
+  if not (r.temperature > 0 and math.isfinite(r.temperature)):
+    raise ConfigError(f"rl.temperature={r.temperature} must be > 0: the trained policy is "
+                      f"softmax(logits / temperature)")
+  rows, dp, accum = config.train.batch_size, data_parallel_size(mesh), config.train.grad_accum
+  mb = r.minibatches if r.algorithm == "ppo" else 1
+  if rows % mb or (rows // mb) % (dp * accum):
+    raise ConfigError(f"train.batch_size={rows} must split into rl.minibatches={mb} minibatches "
+                      f"of a multiple of data*fsdp*train.grad_accum={dp}*{accum} rows")
   if r.select not in ("last", "best"):
     raise ConfigError(f"rl.select={r.select!r}: use last or best")
   if r.eval_temperature < 0:

@@ -7,6 +7,13 @@ ended); what follows EOS is padding and carries no reward, advantage or loss.
 `logp[b, t] = log π(a_t | s_t)` and `values[b, t] = V(s_t)`, the state before
 token t is chosen.
 
+Masking: padding is *selected away* (`jnp.where`), never multiplied by 0. A
+post-EOS log-ratio above ~88 makes `exp` inf in float32 and 0·inf is NaN, so
+every function here either selects before it sums or neutralises its inputs at
+masked positions before a nonlinearity (the PPO ratio, the KL metric) – which
+also keeps the gradient finite (a where after an overflowing exp would still
+send 0·inf back through it).
+
 Where the reward goes: the sequence-level score lands on the *last real token*
 (the EOS itself, or the last budgeted token of a response that never ended),
 because that action completes the response the score judges; with γ = 1 every
@@ -19,8 +26,14 @@ import jax.numpy as jnp
 
 
 def masked_mean(x, mask):
-  m = mask.astype(jnp.float32)
-  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+  """Σ_{mask} x / max(Σ mask, 1); whatever x holds off the mask (inf, NaN) is ignored."""
+  return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+
+
+def masked_log_ratio(logp, other_logp, mask):
+  """log π − log π_other on the mask, 0 elsewhere: safe to exponentiate, and the
+  gradient at masked positions is exactly 0."""
+  return jnp.where(mask, logp - other_logp, 0.0)
 
 
 def masked_var(x, mask):
@@ -48,6 +61,20 @@ def kl_estimate(logp, ref_logp, estimator: str = "k1"):
       k1 = d                      unbiased, noisy, can be negative
       k2 = d² / 2                 biased, low variance
       k3 = exp(−d) − 1 + d        unbiased, never negative, low variance
+
+  "Unbiased" is about the value. What the estimator does to the *gradient*
+  depends on where it enters (`rl.kl_penalty`):
+    reward – −β·k_t is a per-token reward, fixed for the rollout, and the policy
+      gradient sees E[∇log π(a_t) · Σ_{s≥t} k_s]. For k1 that is exactly
+      ∇KL(π ‖ π_ref) of the sequence (the derivative of k1 itself has mean
+      E_π[∇log π] = 0); for k2 and k3 it is not the gradient of any KL – their
+      penalty still pulls toward π_ref, but biased.
+    loss – β·mean_t k(a_t) is added to the loss and differentiated through
+      log π (tokens from the rollout, so on-policy up to the PPO drift):
+        ∇k1 = ∇log π                   mean 0: no pull at all (refused)
+        ∇k2 = d·∇log π                 mean ∇KL(π ‖ π_ref)   (reverse KL)
+        ∇k3 = (1 − π_ref/π)·∇log π     mean ∇KL(π_ref ‖ π)   (forward KL;
+                                       GRPO's, Shao et al. 2024, eq. 4)
   """
   d = logp - ref_logp
   if estimator == "k1":
@@ -59,16 +86,24 @@ def kl_estimate(logp, ref_logp, estimator: str = "k1"):
   raise ValueError(f"kl estimator {estimator!r}: use k1, k2 or k3")
 
 
-def adaptive_kl_coef(beta: float, kl: float, target: float, horizon: int, n: int) -> float:
+def kl_loss(logp, ref_logp, mask, estimator: str):
+  """mean over the mask of k(log π − log π_ref): the KL penalty as a loss term
+  (`rl.kl_penalty="loss"`); padding is neutralised before the exp of k3."""
+  return masked_mean(kl_estimate(masked_log_ratio(logp, ref_logp, mask), 0.0, estimator), mask)
+
+
+def adaptive_kl_coef(beta: float, kl: float, target: float, horizon: int, n: int,
+                     max_beta: float = float("inf")) -> float:
   """Ziegler et al.'s proportional controller (arXiv 1909.08593, §2.2):
 
-      e = clip(KL / KL_target − 1, −0.2, 0.2);   β ← β · (1 + e · n / horizon)
+      e = clip(KL / KL_target − 1, −0.2, 0.2);   β ← min(β · (1 + e · n / horizon), max_beta)
 
   n = samples in the batch that measured KL. β grows when the policy drifts
-  further than the target and shrinks when it stays closer.
+  further than the target and shrinks when it stays closer. `max_beta` caps it
+  where β ≥ 1 would be meaningless (the paper's (1 − β)·r flips the reward's sign).
   """
   e = min(max(kl / target - 1.0, -0.2), 0.2)
-  return beta * (1.0 + e * n / horizon)
+  return min(beta * (1.0 + e * n / horizon), max_beta)
 
 
 # ------------------------------------------------------------------ rewards
@@ -114,18 +149,18 @@ def gae(rewards, values, mask, gamma: float, lam: float):
   error. Positions after the end get A = R = 0. Returns (advantages, returns).
   """
   m = mask.astype(jnp.float32)
-  v = values * m
+  v = jnp.where(mask, values, 0.0)
   v_next = jnp.concatenate([v[:, 1:], jnp.zeros_like(v[:, :1])], axis=1)
   m_next = jnp.concatenate([m[:, 1:], jnp.zeros_like(m[:, :1])], axis=1)
-  delta = (rewards + gamma * v_next - v) * m
+  delta = jnp.where(mask, rewards + gamma * v_next - v, 0.0)
 
   def step(carry, x):
     d, mn = x
     a = d + gamma * lam * mn * carry
     return a, a
   _, adv = jax.lax.scan(step, jnp.zeros(rewards.shape[0]), (delta.T, m_next.T), reverse=True)
-  adv = adv.T * m
-  return adv, (adv + v) * m
+  adv = jnp.where(mask, adv.T, 0.0)
+  return adv, jnp.where(mask, adv + v, 0.0)
 
 
 # ------------------------------------------------------------------ losses
@@ -142,8 +177,9 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float):
       L = mean max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))
 
   Returns (loss, clip fraction = share of tokens where the clipped term is
-  the larger one, i.e. whose gradient is cut off)."""
-  ratio = jnp.exp(logp - old_logp)
+  the larger one, i.e. whose gradient is cut off). The ratio is 1 off the
+  mask whatever the log-probs hold there."""
+  ratio = jnp.exp(masked_log_ratio(logp, old_logp, mask))
   plain = -advantages * ratio
   clipped = -advantages * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
   loss = masked_mean(jnp.maximum(plain, clipped), mask)

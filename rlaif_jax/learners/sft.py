@@ -47,9 +47,11 @@ def token_nll(model, batch):
 
 
 def sft_loss(model, batch, rng=None):
+  """Mean NLL over the batch's response tokens; aux["weight"] = their count
+  (the Trainer's gradient accumulation sums numerators and token counts)."""
   nll, w = token_nll(model, batch)
   n = jnp.sum(w)
-  return jnp.sum(nll * w) / jnp.maximum(n, 1.0), {"response_tokens": n}
+  return jnp.sum(jnp.where(w > 0, nll, 0.0)) / jnp.maximum(n, 1.0), {"weight": n}
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -4,7 +4,9 @@ A learner supplies a model and a loss; `Trainer` owns everything else:
 
   state  = {"params", "opt_state", "step", "rng"}   a pure pytree, sharded
   step   : jit(state, batch) -> (state', metrics)   explicit in/out shardings,
-           state donated, gradient accumulation by `lax.scan` over micro-batches
+           state donated, gradient accumulation by `lax.scan` over micro-batches,
+           weighted so the result is the whole batch's token (or row) mean
+           (`accumulate`)
   checkpoints: Orbax CheckpointManager in <workdir>/checkpoints (async, every N
            steps and at the end, keep last K) holding the state *and* the data
            iterator's position, so a resumed run replays exactly the batches an
@@ -78,6 +80,43 @@ def _decode_iter_state(d: dict):
   return base64.b64decode(d["bytes"]) if "bytes" in d else d["json"]
 
 
+def accumulate(loss_fn, graphdef, params, micro, keys, extra=()):
+  """Loss, metrics and gradient of a batch from its micro-batches (leading axis
+  of every `micro` leaf), as one big batch would give them.
+
+  A loss that is a mean – over tokens (SFT, RL) or rows (RM, DPO: the pair is
+  the unit of a pairwise loss) – reports its denominator as aux["weight"]. With
+  per-micro-batch means L_j = N_j / W_j the batch's mean is
+
+      L = Σ_j N_j / Σ_j W_j = Σ_j W_j·L_j / Σ_j W_j,   ∇L = Σ_j W_j·∇L_j / Σ_j W_j
+
+  (W_j does not depend on the params), not the mean of the L_j, which
+  over-weights the tokens of short micro-batches. Every other metric is
+  averaged with the same weights (exact when it shares the loss's denominator,
+  as the RL and SFT metrics do); "weight" itself is summed. A loss without
+  "weight" gets equal weights. The gradient of W_j·L_j is taken directly, so
+  weighting costs no extra pass over the gradient.
+  """
+  def grads_of(mb, key):
+    def f(params):
+      loss, aux = loss_fn(nnx.merge(graphdef, params), mb, key, *extra)
+      w = jax.lax.stop_gradient(jnp.asarray(aux.get("weight", 1.0), jnp.float32))
+      rest = {k: w * jnp.asarray(v, jnp.float32) for k, v in aux.items() if k != "weight"}
+      return w * loss, (w, rest)
+    (wl, (w, wa)), g = jax.value_and_grad(f, has_aux=True)(params)
+    return wl, wa, g, w
+
+  def body(carry, xs):
+    return jax.tree.map(jnp.add, carry, grads_of(*xs)), None
+  first = grads_of(jax.tree.map(lambda x: x[0], micro), keys[0])
+  rest = jax.tree.map(lambda x: x[1:], micro)
+  (wl, wa, g, w), _ = jax.lax.scan(body, first, (rest, keys[1:]))
+  # An all-empty batch (W = 0) has every weighted sum 0: leave them 0.
+  inv = 1.0 / jnp.where(w > 0, w, 1.0)
+  loss, aux, grads = jax.tree.map(lambda x: x * inv, (wl, wa, g))
+  return loss, {**aux, "weight": w}, grads
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -148,15 +187,8 @@ class Trainer:
       micro = jax.tree.map(lambda x: jnp.swapaxes(
           x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
       keys = jax.random.split(step_rng, accum)
-
-      def body(carry, xs):
-        (l, a), g = grads_of(*xs)
-        return jax.tree.map(jnp.add, carry, (l, a, g)), None
-      first = jax.tree.map(lambda x: x[0], micro)
-      (l0, a0), g0 = grads_of(first, keys[0])
-      rest = jax.tree.map(lambda x: x[1:], micro)
-      (loss, aux, grads), _ = jax.lax.scan(body, (l0, a0, g0), (rest, keys[1:]))
-      loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
+      loss, aux, grads = accumulate(self.loss_fn, self.graphdef, state["params"], micro, keys,
+                                    extra)
     gnorm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
 
