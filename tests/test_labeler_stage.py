@@ -92,6 +92,8 @@ def test_alignment_report_on_hand_rows():
   for r in rows:
     r["soft_label"] = (r["p_ab"][0] + r["p_ba"][0]) / 2
     r["same_position_won"] = (r["p_ab"][0] > 0.5) != (r["p_ba"][0] > 0.5)
+    # as answered (no flip): order ab names a's slot 1, order ba has b in slot 1
+    r["q_ab"], r["q_ba"] = r["p_ab"], r["p_ba"][::-1]
   rep = alignment_report(rows)
   assert rep["pairs"] == 5 and rep["human_labeled_pairs"] == 4
   assert rep["accuracy"] == pytest.approx((1 + 0 + 1 + 0.5) / 4)
@@ -101,7 +103,87 @@ def test_alignment_report_on_hand_rows():
   # slot 1 won: ab: rows 0,1,3,4 ; ba (slot 1 holds b): rows 1,2,3
   assert rep["first_slot_rate"] == pytest.approx(7 / 10)
   assert rep["accuracy_by_confidence"]["9"] == {"pairs": 2, "accuracy": 0.5}
-  # ECE by hand: confidences 0.8 (right), 0.6 (wrong), 0.7 (right), 0.5 (wrong) in 10 bins
+  # ECE by hand: confidences 0.8 (right), 0.6 (wrong), 0.7 (right), 0.5 (a tie: half right,
+  # as accuracy counts it) in 10 bins of [0.5, 1]
   soft, human = np.array([0.8, 0.6, 0.3, 0.5]), np.array([1, 0, 0, 1])
-  want = (abs(1 - 0.8) + abs(0 - 0.6) + abs(1 - 0.7) + abs(0 - 0.5)) / 4
+  want = (abs(1 - 0.8) + abs(0 - 0.6) + abs(1 - 0.7) + abs(0.5 - 0.5)) / 4
   assert expected_calibration_error(soft, human) == pytest.approx(want)
+  assert rep["ece"] == pytest.approx(want)
+
+
+def test_first_slot_rate_of_a_harmless_labeler_is_read_before_the_flip():
+  """A harmless labeler that always answers "1" (slot 1 is MORE harmful) has
+  after the flip P(slot 1 preferred) = 0 in both orders; its position bias is
+  still towards slot 1: first_slot_rate 1, not 0."""
+  rows = [dict(q_ab=[0.9, 0.1], q_ba=[0.8, 0.2], p_ab=[0.1, 0.9], p_ba=[0.8, 0.2],
+               soft_label=0.45, same_position_won=True)] * 3
+  rep = alignment_report(rows)
+  assert rep["first_slot_rate"] == 1.0 and rep["same_position_rate"] == 1.0
+
+
+# ------------------------------------------------------------ extending, editing, resuming
+
+def label(workdir, pairs_file, **labeler):
+  from rlaif_jax.config import load_config_file
+  from rlaif_jax.main import run_stage
+  config = load_config_file(os.path.join(ROOT, "configs", "label.py") + ":toy")
+  config.data.source, config.data.jsonl_path = "jsonl", pairs_file
+  config.labeler.update({"batch_size": 8, "bucket": 32, **labeler})
+  return run_stage(config, str(workdir))
+
+
+def labels(workdir):
+  return [json.loads(line) for line in (workdir / "labels.jsonl").read_text().splitlines()]
+
+
+def test_extending_max_pairs_after_a_partial_last_shard(tmp_path, pairs_file):
+  """shard size 4, max_pairs 3, then all pairs: shard 0 held 3 pairs, not its 4,
+  so it is labeled again; every pair once, the files equal a fresh run's."""
+  run = tmp_path / "extended"
+  label(run, pairs_file, shard_size=4, max_pairs=3)
+  assert [r["id"] for r in labels(run)] == ["p0", "p1", "p2"]
+  (run / "labels" / "shard-00005.jsonl.4242.tmp").write_text('{"id": "half')  # a killed write
+  (run / "labels.jsonl.4242.tmp").write_text("")
+  label(run, pairs_file, shard_size=4, max_pairs=0)
+  label(tmp_path / "fresh", pairs_file, shard_size=4, max_pairs=0)
+  assert [r["id"] for r in labels(run)] == [f"p{i}" for i in range(N_PAIRS)]
+  assert (run / "labels.jsonl").read_text() == (tmp_path / "fresh" / "labels.jsonl").read_text()
+  assert not [p for p in run.rglob("*") if ".tmp" in p.name]       # leftovers removed
+
+
+def test_edited_data_file_stops_a_resume(tmp_path, pairs_file):
+  from rlaif_jax.config import ConfigError
+  data = tmp_path / "pairs.jsonl"
+  data.write_text(open(pairs_file).read())
+  label(tmp_path / "w", str(data), shard_size=4, max_pairs=4)
+  lines = data.read_text().splitlines()
+  row = json.loads(lines[1])
+  row["response_b"] += " edited"                     # same ids, same size of job
+  data.write_text("\n".join(lines[:1] + [json.dumps(row)] + lines[2:]) + "\n")
+  with pytest.raises(ConfigError, match="content of the data"):
+    label(tmp_path / "w", str(data), shard_size=4, max_pairs=8)
+  with pytest.raises(ConfigError, match="shard_size"):
+    label(tmp_path / "w", pairs_file, shard_size=2, max_pairs=8)
+
+
+def test_resume_on_another_mesh_and_batch_size(tmp_path, pairs_file):
+  """Layout is not part of the fingerprint: a job started on 8 devices with
+  batches of 8 finishes on 2 devices with batches of 2; its labels agree with
+  an uninterrupted run's to float tolerance."""
+  label(tmp_path / "w", pairs_file, shard_size=4, max_pairs=4)
+  label(tmp_path / "w", pairs_file, shard_size=4, max_pairs=8, batch_size=2,
+        mesh=dict(devices=2, data=-1, fsdp=1, tensor=1))
+  label(tmp_path / "fresh", pairs_file, shard_size=4, max_pairs=8)
+  got, want = labels(tmp_path / "w"), labels(tmp_path / "fresh")
+  assert [r["id"] for r in got] == [r["id"] for r in want]
+  np.testing.assert_allclose([r["soft_label"] for r in got], [r["soft_label"] for r in want],
+                             atol=1e-5)
+
+
+def test_a_labeler_without_checkpoint_needs_random_init_asked_for():
+  from rlaif_jax.config import ConfigError, load_config_file
+  from rlaif_jax.labeler.config import build_labeler
+  config = load_config_file(os.path.join(ROOT, "configs", "label.py") + ":toy")
+  config.labeler.model.random_init = False
+  with pytest.raises(ConfigError, match="random weights"):
+    build_labeler(config.labeler)

@@ -12,13 +12,15 @@ import dataclasses
 import jax
 import ml_collections
 
+from rlaif_jax.config import ConfigError
 from rlaif_jax.models.config import ModelConfig
 
 
 def labeler_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict()
-  c.model.checkpoint = ""        # HF directory; "" = a from-scratch model (model.arch, toys only)
+  c.model.checkpoint = ""        # HF directory or a stage's <workdir>/model; required unless ...
+  c.model.random_init = False    # ... True: a from-scratch model (model.arch) – toys and tests
   c.model.preset = ""            # from scratch / dry run: a public architecture (models/presets.py)
   c.model.tokenizer = "byte"
   c.model.dtype = "float32"
@@ -29,14 +31,18 @@ def labeler_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(devices=0, data=-1, fsdp=1, tensor=1))
 
   c.task = "summarization"       # summarization | helpful | harmless
-  c.preamble = "detailed"        # summarization: base | detailed; dialogue: base
+  c.preamble = "detailed"        # base | detailed (every task)
   # Own templates: any non-empty field replaces the built-in one (see labeler/prompts.py).
   c.template = ml_collections.ConfigDict(dict(preamble="", sample="", ending="", cot_ending="",
                                               invert=-1, options=("1", "2")))
   # invert: 1 = the question asks for the WORSE response (flip), 0 = no, -1 = the built-in's
   c.direct_template = ml_collections.ConfigDict(dict(preamble="", sample="", ending=""))
-  c.exemplars_path = ""          # JSONL few-shot exemplars ("" = 0-shot)
+  c.exemplars_path = ""          # JSONL few-shot exemplars ("" = 0-shot; bundled:<task> = ours)
   c.num_shots = -1               # first n exemplars of the file; -1 = all
+  # Instruction-tuned labelers: the question as a user turn, the answer in the
+  # model's (labeler/prompts.py). "" = plain text; gemma | chatml; or own markers:
+  c.chat = ""
+  c.chat_template = ml_collections.ConfigDict(dict(user="", model="", end_of_turn=""))
 
   c.cot = False                  # two-step chain of thought
   c.cot_max_tokens = 512
@@ -55,34 +61,37 @@ def labeler_config() -> ml_collections.ConfigDict:
 
 def build_labeler(lcfg, seed: int = 0, devices=None):
   """(Labeler, mesh) from a `labeler_config()`-shaped ConfigDict."""
-  from rlaif_jax.labeler.prompts import load_exemplars
+  from rlaif_jax.labeler.prompts import chat_template, load_exemplars
   from rlaif_jax.labeler.scorer import CotConfig, Labeler
   from rlaif_jax.mesh import make_mesh
   from rlaif_jax.models.tokenizer import load_tokenizer
 
+  if not lcfg.model.checkpoint and not lcfg.model.random_init:
+    raise ConfigError("labeler.model.checkpoint is empty, so the labeler would judge with random "
+                      "weights; point it at a checkpoint directory (or set "
+                      "labeler.model.random_init=true for a from-scratch labeler, e.g. in tests)")
+  template = lcfg.template.to_dict()
+  invert = template.pop("invert")
+  if invert >= 0:                # -1 keeps the built-in choice (harmless asks for the worse)
+    template["invert"] = bool(invert)
+  cot = None
+  try:
+    chat = chat_template(lcfg.chat, lcfg.chat_template.to_dict())
+    exemplars = load_exemplars(lcfg.exemplars_path, lcfg.num_shots) if lcfg.exemplars_path else ()
+    if lcfg.cot:
+      cot = CotConfig(max_tokens=lcfg.cot_max_tokens, samples=lcfg.self_consistency,
+                      temperature=lcfg.cot_temperature, top_k=lcfg.cot_top_k)
+  except (ValueError, OSError) as e:
+    raise ConfigError(f"labeler: {e}") from None
   devices = list(devices if devices is not None else jax.devices())
   if lcfg.mesh.devices:
     devices = devices[:lcfg.mesh.devices]
   mesh = make_mesh(lcfg.mesh, devices)
   tok = load_tokenizer(lcfg.model.tokenizer)
   model = _model(lcfg, tok, mesh, seed)
-  template = lcfg.template.to_dict()
-  invert = template.pop("invert")
-  if invert >= 0:                # -1 keeps the built-in choice (harmless asks for the worse)
-    template["invert"] = bool(invert)
-  if lcfg.task in ("helpful", "harmless") and lcfg.preamble == "detailed":
-    raise ValueError("labeler.preamble='detailed' exists for summarization; dialogue uses 'base'")
-  exemplars = load_exemplars(lcfg.exemplars_path, lcfg.num_shots) if lcfg.exemplars_path else ()
-  cot = None
-  if lcfg.cot:
-    temp = lcfg.cot_temperature
-    if lcfg.self_consistency > 1 and temp == 0:
-      raise ValueError("labeler.self_consistency > 1 needs labeler.cot_temperature > 0")
-    cot = CotConfig(max_tokens=lcfg.cot_max_tokens, samples=lcfg.self_consistency,
-                    temperature=temp, top_k=lcfg.cot_top_k)
   labeler = Labeler(model, tok, mesh, task=lcfg.task, preamble=lcfg.preamble, template=template,
                     direct_template=lcfg.direct_template.to_dict(), exemplars=exemplars, cot=cot,
-                    batch_size=lcfg.batch_size, bucket=lcfg.bucket,
+                    chat=chat, batch_size=lcfg.batch_size, bucket=lcfg.bucket,
                     prefix_cache=lcfg.prefix_cache, max_context_tokens=lcfg.max_context_tokens,
                     seed=seed)
   return labeler, mesh
@@ -90,5 +99,6 @@ def build_labeler(lcfg, seed: int = 0, devices=None):
 
 def _model(lcfg, tok, mesh, seed):
   from rlaif_jax.learners.common import policy_model
-  shim = ml_collections.ConfigDict({"model": lcfg.model.to_dict(), "seed": seed})
+  model = {k: v for k, v in lcfg.model.to_dict().items() if k != "random_init"}
+  shim = ml_collections.ConfigDict({"model": model, "seed": seed})
   return policy_model(shim, mesh, tok)

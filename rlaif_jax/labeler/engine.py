@@ -10,7 +10,12 @@ and asks, for each tail, log-probabilities of the model p:
 
     ctx_query[b, q]   = log p(query_q | prefix, c_b)
     tail_query[b,g,q] = log p(query_q | prefix, c_b, t_bg)
-    tail_logp[b, g]   = Σ_k log p(t_bg,k | prefix, c_b, t_bg,<k)     (teacher forcing)
+    tail_logp[b, g]   = Σ_k log p(t_bg,k | prefix, c_b, t_bg,<k)     (teacher forcing; on request)
+
+The vocabulary projection (and its log-softmax) runs only where these read it:
+after each context's last token, after each tail's last token, and for
+tail_logp at each tail position in turn – the model's activations grow with
+the tail length, the (vocabulary-sized) logits do not.
 
 Cached path (one jitted program per shape): the prefix cache (batch 1) is
 broadcast to B rows, the contexts run at slot Lp with positions Lp + i, the
@@ -46,7 +51,8 @@ def _gather(logp, ids):
   return jnp.take_along_axis(logp, ids, axis=-1)
 
 
-def _cached(graphdef, g, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_mask, query):
+def _cached(graphdef, g, want_logp, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_mask,
+            query):
   """prefix: KV of the prefix in `lp` slots (a bucket), of which the first
   `prefix_len` are real; later slots are invalid and only keep shapes few."""
   model = nnx.merge(graphdef, params)
@@ -69,25 +75,40 @@ def _cached(graphdef, g, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_m
     return out
   cache = map_cache(lambda x: jnp.repeat(x, g, axis=0), cache)
   pos = (prefix_len + jnp.repeat(n_ctx, g))[:, None] + positions_from_mask(tail_mask)
-  logits, _ = model(tail, tail_mask, pos, cache, lp + c)
-  return out | _tail_outputs(jnp.repeat(ctx_lp, g, axis=0), jax.nn.log_softmax(logits),
-                             tail, tail_mask, query, g)
+  h_tail, _ = model.hidden(tail, tail_mask, pos, cache, lp + c)
+  return out | _tail_outputs(model, jnp.repeat(ctx_lp, g, axis=0), h_tail, tail, tail_mask,
+                             query, g, want_logp)
 
 
-def _tail_outputs(first_lp, tail_lp, tail, tail_mask, query, g):
-  """tail_lp[:, k] predicts tail[:, k + 1]; first_lp (after the context) predicts tail[:, 0]."""
-  rows = tail.shape[0]
-  prev = jnp.concatenate([first_lp[:, None], tail_lp[:, :-1]], axis=1)
-  tok_lp = _gather(prev, tail[..., None])[..., 0]
-  tail_logp = jnp.sum(jnp.where(tail_mask, tok_lp, 0.0), -1)
-  last = jnp.max(jnp.where(tail_mask, jnp.arange(tail.shape[1]), 0), -1)
-  at_last = tail_lp[jnp.arange(rows), last]
-  tail_query = _gather(at_last, jnp.broadcast_to(query, (rows, query.shape[0])))
-  return {"tail_logp": tail_logp.reshape(-1, g),
-          "tail_query": tail_query.reshape(-1, g, query.shape[0])}
+def _tail_outputs(model, first_lp, h, tail, tail_mask, query, g, want_logp):
+  """From the tails' hidden states h (rows, T, d): h[:, k] predicts tail[:, k + 1],
+  first_lp (after the context) predicts tail[:, 0].
+
+  The vocabulary projection runs only where it is read: at each row's last tail
+  token (tail_query), and with `want_logp` at each tail position for the
+  teacher-forced sum, one position at a time – never a (rows, T, V) array,
+  which for CoT tails of ~600 tokens and a 256k vocabulary would dwarf the
+  model's activations.
+  """
+  rows, t = tail.shape
+  last = jnp.max(jnp.where(tail_mask, jnp.arange(t), 0), -1)
+  at_last = jax.nn.log_softmax(model.logits(h[jnp.arange(rows), last]))
+  out = {"tail_query": _gather(at_last, jnp.broadcast_to(query, (rows, query.shape[0])))
+         .reshape(-1, g, query.shape[0])}
+  if not want_logp:
+    return out
+
+  def next_logp(k):   # log p(tail[:, k + 1] | ..., tail[:, :k + 1]): (rows,)
+    step = jax.nn.log_softmax(model.logits(h[:, k]))
+    return _gather(step, jax.lax.dynamic_index_in_dim(tail, k + 1, 1))[:, 0]
+  first = _gather(first_lp, tail[:, :1])
+  rest = jax.lax.map(next_logp, jnp.arange(t - 1)).T if t > 1 else first[:, :0]
+  tok_lp = jnp.concatenate([first, rest], axis=1)
+  out["tail_logp"] = jnp.sum(jnp.where(tail_mask, tok_lp, 0.0), -1).reshape(-1, g)
+  return out
 
 
-def _uncached(graphdef, g, tail_width, params, tokens, mask, ctx_end, query):
+def _uncached(graphdef, g, tail_width, want_logp, params, tokens, mask, ctx_end, query):
   """Whole sequences (rows b*G + g, right-padded); ctx_end = index of the last context token."""
   model = nnx.merge(graphdef, params)
   h, _ = model.hidden(tokens, mask)
@@ -96,15 +117,14 @@ def _uncached(graphdef, g, tail_width, params, tokens, mask, ctx_end, query):
   out = {"ctx_query": _gather(ctx_lp, jnp.broadcast_to(query, (rows, query.shape[0])))[::max(g, 1)]}
   if g == 0:
     return out
-  # re-index the tail region so the shared helper reads it: tail k at ctx_end + 1 + k;
-  # the vocab projection runs only there, as in the cached path
+  # re-index the tail region so the shared helper reads it: tail k at ctx_end + 1 + k
   t = tokens.shape[1]
   span = jnp.arange(tail_width)[None]
   idx = jnp.minimum(ctx_end[:, None] + 1 + span, t - 1)
   tail = jnp.take_along_axis(tokens, idx, 1)
   tail_mask = jnp.take_along_axis(mask, idx, 1) & (ctx_end[:, None] + 1 + span < t)
-  tail_lp = jax.nn.log_softmax(model.logits(jnp.take_along_axis(h, idx[..., None], 1)))
-  return out | _tail_outputs(ctx_lp, tail_lp, tail, tail_mask, query, g)
+  h_tail = jnp.take_along_axis(h, idx[..., None], 1)
+  return out | _tail_outputs(model, ctx_lp, h_tail, tail, tail_mask, query, g, want_logp)
 
 
 def _prefill(graphdef, params, ids, mask):
@@ -114,8 +134,8 @@ def _prefill(graphdef, params, ids, mask):
 
 
 # Module-level jits: engines over same-shaped models share compiled programs.
-_cached = jax.jit(_cached, static_argnums=(0, 1))
-_uncached = jax.jit(_uncached, static_argnums=(0, 1, 2))
+_cached = jax.jit(_cached, static_argnums=(0, 1, 2))
+_uncached = jax.jit(_uncached, static_argnums=(0, 1, 2, 3))
 _prefill = jax.jit(_prefill, static_argnums=(0,))
 
 
@@ -152,14 +172,17 @@ class ScoringEngine:
     return len(self._prefixes[name][0])
 
   def score(self, name: str, contexts: list[list[int]], tails: list[list[list[int]]],
-            query: list[int]) -> dict[str, np.ndarray]:
-    """ctx_query [R,Q], tail_query [R,G,Q], tail_logp [R,G] for R rows with G tails each."""
+            query: list[int], *, tail_logp: bool = False) -> dict[str, np.ndarray]:
+    """ctx_query [R,Q], tail_query [R,G,Q], and with `tail_logp` tail_logp [R,G],
+    for R rows with G tails each (R = 0 gives empty arrays)."""
     g = len(tails[0]) if tails else 0
     if any(len(t) != g for t in tails) or (g and len(tails) != len(contexts)):
       raise ValueError("every row needs the same number of tails")
     if any(len(t) == 0 for row in tails for t in row):
       raise ValueError("a tail needs at least one token")
     rows = len(contexts)
+    if not rows:      # no rows, no tails: G is unknown, so only ctx_query
+      return {"ctx_query": np.zeros((0, len(query)), np.float32)}
     total = [len(contexts[r]) + sum(len(t) for t in (tails[r] if g else [])) for r in range(rows)]
     order = np.argsort(total, kind="stable")
     parts = []
@@ -167,14 +190,14 @@ class ScoringEngine:
       idx = order[s:s + self.batch_size]
       ctx = [contexts[i] for i in idx]
       tl = [tails[i] for i in idx] if g else []
-      parts.append((idx, self._batch(name, ctx, tl, g, query)))
+      parts.append((idx, self._batch(name, ctx, tl, g, query, tail_logp and g > 0)))
     out = {k: np.zeros((rows,) + v.shape[1:], v.dtype) for k, v in parts[0][1].items()}
     for idx, res in parts:
       for k, v in res.items():
         out[k][idx] = v[:len(idx)]
     return out
 
-  def _batch(self, name, ctx, tails, g, query):
+  def _batch(self, name, ctx, tails, g, query, want_logp):
     prefix_ids, kv = self._prefixes[name]
     b = self.batch_size
     n = len(ctx)
@@ -194,7 +217,7 @@ class ScoringEngine:
       for i, x in enumerate(flat if g else []):
         tail_tok[i, :len(x)], tail_mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
-        res = _cached(self.graphdef, g, self.params, kv, len(prefix_ids),
+        res = _cached(self.graphdef, g, want_logp, self.params, kv, len(prefix_ids),
                       put_rows(ctx_tok, self.mesh),
                       put_rows(ctx_mask, self.mesh), put_rows(tail_tok, self.mesh),
                       put_rows(tail_mask, self.mesh), q)
@@ -212,7 +235,8 @@ class ScoringEngine:
         tok[i, :len(x)], mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
         tail_width = _round(max(len(x) for row in tails for x in row), self.bucket) if g else 1
-        res = _uncached(self.graphdef, g, tail_width, self.params, put_rows(tok, self.mesh),
+        res = _uncached(self.graphdef, g, tail_width, want_logp, self.params,
+                        put_rows(tok, self.mesh),
                         put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32), self.mesh),
                         q)
     return {k: to_host(v) for k, v in res.items()}

@@ -63,3 +63,11 @@ def score_string_ids(tokenizer, ending: str, scores) -> list[list[int]]:
   if len({tuple(s) for s in seqs}) != len(seqs):
     raise ValueError(f"score strings {scores} are not distinct token sequences")
   return seqs
+
+
+def digit_ids(tokenizer) -> list[int]:
+  """Ids of the tokens that continue a number: pieces made of ASCII digits only
+  ("0".."9" where digits are split, also "10", "250", ... where they merge). A
+  piece with a word-start marker ("▁1", "Ġ1") starts a new word and is not one."""
+  return sorted(i for piece, i in tokenizer.get_vocab().items()
+                if piece and all("0" <= ch <= "9" for ch in piece))
