@@ -9,7 +9,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["rlaif_jax", "rlaif_jax.*"]),
-    package_data={"rlaif_jax": ["demo/*.jsonl"]},
+    package_data={"rlaif_jax": ["demo/*.jsonl", "labeler/exemplars/*.jsonl"]},
     install_requires=[
         "jax>=0.10.2",
         "jaxlib>=0.10.2",

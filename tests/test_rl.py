@@ -43,18 +43,10 @@ def learner(c, workdir, mesh):
     ("reinforce_baseline", {}),                       # the paper's: separate value model
     ("ppo", dict(shared_value_head=True, minibatches=2, ppo_epochs=2, adaptive_kl=True,
                  kl_target=4.0, kl_horizon=200)),
-    # 8 prompts x 4 responses: as many rows as the others' 32 prompts
-    ("grpo", dict(group_size=4, minibatches=1, ppo_epochs=1, temperature=0.9)),
-    ("rloo", dict(group_size=4, minibatches=2, ppo_epochs=1)),
 ])
 def test_target_token_reward_rises_with_bounded_kl(algorithm, extra, mesh, tmp_path):
   c = toy_config(algorithm=algorithm, **extra)
-  if "group_size" in extra:
-    with c.unlocked():
-      c.train.batch_size = 8
-  lrn = learner(c, tmp_path, mesh)
-  assert (lrn.trainer.model().value is None) == (algorithm in ("grpo", "rloo"))
-  lrn.fit()
+  learner(c, tmp_path, mesh).fit()
   rows = read_jsonl(tmp_path / "metrics" / "rl.jsonl")
   assert len(rows) == 30
   reward = np.array([r["reward"] for r in rows])
