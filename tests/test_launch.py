@@ -65,7 +65,7 @@ def test_tpu_pod_dry_run_prints_gcloud_commands_for_all_workers():
   assert ssh[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in ssh
   remote = next(a for a in ssh if a.startswith("--command="))[len("--command="):]
   # what each worker's shell will run: the same command, arguments intact
-  assert shlex.split(remote) == ["cd", "~/rlaif_jax", "&&", "RLAIF_JAX_DISTRIBUTED=1", "python",
+  assert shlex.split(remote) == ["cd", "~/rlaif_jax", "&&", "RLAIF_JAX_DISTRIBUTED=1", "python3",
                                  "-m", "rlaif_jax.main", "--config=configs/sft.py:tldr",
                                  "--workdir=gs://b/run 1", "--config.train.lr=1e-5"]
   install = dry("install")
@@ -73,14 +73,49 @@ def test_tpu_pod_dry_run_prints_gcloud_commands_for_all_workers():
   assert "--worker=all" in install[2] and "pip install -q -e '.[tpu]'" in install[2][-1]
   (delete,) = dry("down")
   assert delete[4] == "delete" and "--quiet" in delete
+  (stop,) = dry("stop")
+  # the pattern must not match the remote shell that runs pkill (it would kill itself)
+  remote = next(a for a in stop if a.startswith("--command="))[len("--command="):]
+  assert remote == "pkill -TERM -f '[r]laif_jax.main' || true"
 
 
-def test_local_launcher_dry_run_lists_every_process():
-  out = subprocess.run([str(ROOT / "launch" / "local.sh"), "-n", "3", "-d", "2", "--dry_run", "--",
-                        "--config=configs/sft.py:toy", "--workdir=/tmp/w"],
-                       capture_output=True, text=True, check=True).stdout.strip().splitlines()
+@pytest.mark.parametrize("capacity", ["--spot", "--preemptible"])
+def test_tpu_pod_preemptible_run_resumes_in_a_loop(capacity):
+  """--spot/--preemptible: `up` asks for that capacity, and `run` shows its resume
+  loop: the stage, then (after a preemption) state check, recreate, reinstall and
+  the very same stage command again."""
+  base = [str(ROOT / "launch" / "tpu_pod.sh"), "--name", "p", "--zone", "z", capacity, "--dry_run"]
+  out = lambda *a: subprocess.run([*base, *a], capture_output=True, text=True,
+                                  check=True).stdout.strip().splitlines()
+  (create,) = [shlex.split(l) for l in out("up")]
+  assert create[4] == "create" and create[-1] == capacity
+  lines = out("run", "--", "--config=configs/sft.py:tldr", "--workdir=gs://b/r")
+  assert lines[0].startswith("#") and "auto-resume" in lines[0]
+  cmds = [shlex.split(l) for l in lines if not l.startswith("#")]
+  verbs = [c[4] for c in cmds if c[0] == "gcloud"]
+  assert verbs == ["ssh", "describe", "delete", "create", "scp", "ssh", "ssh"]
+  stage = [c for c in cmds if c[0] == "gcloud" and c[4] == "ssh"]
+  assert stage[0] == stage[-1]                       # the rerun is the same command
+  assert "--workdir=gs://b/r" in stage[0][-1] and "--format=value(state)" in cmds[1]
+  assert [c for c in cmds if c[0] == "gcloud" and c[4] == "create"][0][-1] == capacity
+  text = (ROOT / "launch" / "tpu_pod.sh").read_text()
+  from rlaif_jax import preemption
+  assert f"PREEMPTED={preemption.PREEMPTED_EXIT}" in text   # the loop knows the stage's status
+
+
+def test_local_launcher_dry_run_lists_every_process(monkeypatch):
+  def dry(**env):
+    for k, v in env.items():
+      monkeypatch.setenv(k, v) if v else monkeypatch.delenv(k, raising=False)
+    return subprocess.run([str(ROOT / "launch" / "local.sh"), "-n", "3", "-d", "2", "--dry_run",
+                           "--", "--config=configs/sft.py:toy", "--workdir=/tmp/w"],
+                          capture_output=True, text=True, check=True).stdout.strip().splitlines()
+  out = dry(PYTHON="/opt/my venv/bin/python")
   assert len(out) == 3
   for i, line in enumerate(out):
     argv = shlex.split(line)
     assert f"--process_id={i}" in argv and "--num_processes=3" in argv
     assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in argv
+    assert argv[argv.index("-m") - 1] == "/opt/my venv/bin/python"   # the caller's interpreter
+  argv = shlex.split(dry(PYTHON="")[0])
+  assert argv[argv.index("-m") - 1] == "python3"                        # the fallback

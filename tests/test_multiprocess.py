@@ -12,8 +12,23 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _path_without_python() -> str:
+  """A PATH with bash and env only: as for `/abs/venv/bin/python -m pytest` with the
+  venv not activated, no `python` there is ours (here: none at all), so the
+  launcher must use the interpreter it is given ($PYTHON)."""
+  import shutil
+  import tempfile
+  bare = tempfile.mkdtemp(prefix="rlaif_bare_path_")
+  for tool in ("bash", "env"):
+    os.symlink(shutil.which(tool), os.path.join(bare, tool))
+  return bare
+
+
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-           RLAIF_COORDINATOR_PORT=str(20000 + os.getpid() % 20000))
+           RLAIF_COORDINATOR_PORT=str(20000 + os.getpid() % 20000), PYTHON=sys.executable,
+           PATH=_path_without_python())
 ARGS = ["--config=configs/sft.py:toy", "--config.train.log_every=1",
         "--config.train.checkpoint_every=4", "--config.mesh.data=2", "--config.mesh.fsdp=2",
         "--config.mesh.tensor=2"]

@@ -84,6 +84,7 @@ from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding, to_host
 from rlaif_jax.models import store
+from rlaif_jax.preemption import Watcher
 from rlaif_jax.sampling import Sampler, SamplingConfig
 
 ALGORITHMS = ("reinforce_baseline", "ppo")
@@ -387,6 +388,7 @@ class RLLearner:
                disable=jax.process_index() != 0)
     last = {}
     validation = self.validation_prompts()
+    watch = Watcher("rl").start()     # SIGTERM: finish this iteration, save it, exit 75
     try:
       for it in range(start, c.train.steps):
         t0 = time.perf_counter()
@@ -413,13 +415,18 @@ class RLLearner:
           logging.info("rl %d: reward %.4f kl %.4f len %.1f | %s", step, metrics["reward"],
                        metrics["kl"], metrics["response_length"], samples[:1])
           bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
-        if step % c.train.checkpoint_every == 0 or step == c.train.steps:
-          self.trainer.save(state)
+        preempted = watch.reached(step)
+        if preempted or step % c.train.checkpoint_every == 0 or step == c.train.steps:
+          self.trainer.save(state, force=preempted)
+        if preempted:
+          self.trainer.ckpt.wait_until_finished()
+          watch.stop(step, str(self.trainer.ckpt.directory), unit="iteration")
         bar.update(1)
     finally:
       bar.close()
       writer.close()
       self.trainer.ckpt.wait_until_finished()
+      watch.close()
     if state.best["reward"] is not None:
       last.update({"best_iteration": state.best["iteration"], "best_eval_reward": state.best["reward"]})
     return last

@@ -14,6 +14,8 @@ A learner supplies a model and a loss; `Trainer` owns everything else:
   guard  : a step whose loss or gradient norm is not finite leaves params and
            optimizer state untouched; the loop then stops naming the step, and
            no checkpoint is ever written past it.
+  SIGTERM: the step in flight is finished and saved (the same step on every
+           host), then the process exits 75 (rlaif_jax.preemption).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from rlaif_jax import paths
 from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.mesh import batch_sharding, global_batch
+from rlaif_jax.preemption import Watcher
 
 # loss_fn(model, batch, rng[, frozen]) -> (scalar loss, {metric: scalar})
 LossFn = Callable[..., tuple[jax.Array, dict]]
@@ -258,6 +261,7 @@ class Trainer:
     bar = tqdm(total=self.total_steps, initial=start, desc=self.name, dynamic_ncols=True,
                disable=jax.process_index() != 0)
     pending, tokens, t0 = None, 0, time.perf_counter()
+    watch = Watcher(self.name).start()
     try:
       for step in range(start + 1, self.total_steps + 1):
         batch = next(data_iter)
@@ -268,7 +272,8 @@ class Trainer:
         if pending is not None:
           last = self.check(*pending)
         pending = (step, metrics)
-        due_ckpt = step % t.checkpoint_every == 0 or step == self.total_steps
+        preempted = watch.reached(step)
+        due_ckpt = preempted or step % t.checkpoint_every == 0 or step == self.total_steps
         due_log = step % t.log_every == 0 or step == self.total_steps
         if due_ckpt or due_log:
           last, pending = self.check(*pending), None
@@ -277,11 +282,15 @@ class Trainer:
           last["tokens_per_sec"] = tokens / dt if dt > 0 else 0.0
           tokens, t0 = 0, time.perf_counter()
           writer.write(step, last)
+          logging.info("%s step %d: loss %.4f", self.name, step, last["loss"])
           bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
         if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
           writer.write(step, {f"eval/{k}": v for k, v in eval_fn().items()})
         if due_ckpt:
-          self.save(data_iter)
+          self.save(data_iter, force=preempted)
+        if preempted:
+          self.ckpt.wait_until_finished()
+          watch.stop(step, str(self.ckpt.directory))
         bar.update(1)
       if eval_fn is not None:
         ev = eval_fn()
@@ -291,6 +300,7 @@ class Trainer:
       bar.close()
       writer.close()
       self.ckpt.wait_until_finished()
+      watch.close()
     return last
 
   def check(self, step: int, metrics: dict) -> dict:
