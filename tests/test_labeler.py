@@ -312,6 +312,19 @@ def test_chat_template_wraps_the_question_in_turns(mesh8, model, byte_tok):
     np.testing.assert_allclose(g["soft_label"], w["soft"], atol=2e-5)
 
 
+def test_chat_template_in_direct_scoring(mesh8, model, byte_tok):
+  lab = Labeler(model, byte_tok, mesh8, chat=CHAT, batch_size=2)
+  seen = {}
+  score = lab.engine.score
+  lab.engine.score = lambda name, c, t, q, **kw: seen.update(ctx=c) or score(name, c, t, q, **kw)
+  lab.score_direct(CONTEXTS[:1], A[:1])
+  prefix_ids = lab.engine._prefixes["direct"][0]
+  assert byte_tok.decode(prefix_ids, skip_special_tokens=True) == (
+      f"<u>\n{lab.direct.preamble}\n\n")
+  assert byte_tok.decode(seen["ctx"][0]) == (
+      f"Text - {CONTEXTS[0]}\nSummary - {A[0]}\n</u>\n<m>\nSCORE: ")
+
+
 def test_end_of_turn_stops_the_rationale(mesh8, model, byte_tok):
   """A model that, after "Rationale:", writes "ok</m>zzz...": with the chat
   template its end of turn "</m>" ends the rationale, and step 2 continues the

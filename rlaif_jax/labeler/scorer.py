@@ -96,7 +96,15 @@ class Labeler:
     self.enc = lambda text: encode_continuation(tokenizer, text)
     t = self.template
     self.option_prefix, self.options = option_tokens(tokenizer, t.ending, t.options)
-    self.score_ids = score_string_ids(tokenizer, self.direct.ending, self.direct.scores)
+    self.score_ids = ids = score_string_ids(tokenizer, self.direct.ending, self.direct.scores)
+    # direct scoring: strings whose tokens begin another's ("1" of "1" "0") must end
+    # there; the tails to teacher-force, and the next tokens to read
+    self._unfinished = [j for j, s in enumerate(ids)
+                        if any(len(o) > len(s) and o[:len(s)] == s for o in ids)]
+    self._digits = digit_ids(tokenizer) if self._unfinished else []
+    self._heads = sorted({tuple(s[:-1]) for s in ids if len(s) > 1} |
+                         {tuple(ids[j]) for j in self._unfinished})
+    self._score_query = sorted({s[0] for s in ids} | {s[-1] for s in ids} | set(self._digits))
     # what follows a sample: the ending (or the CoT request), in the model's turn with a chat
     self.to_answer = P.answer_turn(t.ending, chat)
     self.to_cot = P.cot_turn(t.cot_ending, chat)
@@ -220,13 +228,7 @@ class Labeler:
            for p, r in zip(prompts, responses)]
     if not ctx:
       return np.zeros((0, len(ids)))
-    # strings whose tokens begin another's ("1" of "1" "0"): the answer must end after them
-    unfinished = [j for j, s in enumerate(ids)
-                  if any(len(o) > len(s) and o[:len(s)] == s for o in ids)]
-    digits = digit_ids(self.tok) if unfinished else []
-    heads = sorted({tuple(s[:-1]) for s in ids if len(s) > 1} |
-                   {tuple(ids[j]) for j in unfinished})
-    query = sorted({s[0] for s in ids} | {s[-1] for s in ids} | set(digits))
+    heads, query, digits = self._heads, self._score_query, self._digits
     col = {tok: i for i, tok in enumerate(query)}
     out = self.engine.score("direct", ctx, [[list(h) for h in heads]] * len(ctx) if heads else [],
                             query, tail_logp=True)
@@ -237,7 +239,7 @@ class Labeler:
       else:
         g = heads.index(tuple(s[:-1]))
         logp[:, j] = out["tail_logp"][:, g] + out["tail_query"][:, g, col[s[-1]]]
-    for j in unfinished:
+    for j in self._unfinished:
       g = heads.index(tuple(ids[j]))
       more = np.exp(out["tail_query"][:, g, [col[x] for x in digits]].astype(np.float64)).sum(-1)
       logp[:, j] += np.log(np.maximum(1.0 - more, 1e-300))
