@@ -187,3 +187,39 @@ def test_a_labeler_without_checkpoint_needs_random_init_asked_for():
   config.labeler.model.random_init = False
   with pytest.raises(ConfigError, match="random weights"):
     build_labeler(config.labeler)
+
+
+def test_edited_exemplars_stop_a_resume(tmp_path, pairs_file):
+  from rlaif_jax.config import ConfigError
+  shots = tmp_path / "shots.jsonl"
+  row = {"context": "a b c", "response_1": "a", "response_2": "b", "answer": "1"}
+  shots.write_text(json.dumps(row) + "\n")
+  label(tmp_path / "w", pairs_file, shard_size=4, max_pairs=4, exemplars_path=str(shots))
+  shots.write_text(json.dumps(dict(row, answer="2")) + "\n")          # same path, new content
+  with pytest.raises(ConfigError, match="content of the data, exemplars"):
+    label(tmp_path / "w", pairs_file, shard_size=4, max_pairs=8, exemplars_path=str(shots))
+
+
+def test_content_digest_of_checkpoint_directories(tmp_path):
+  """Directories are digested by relative names and bytes: a copy elsewhere has
+  the same digest, any edit of a small file or a retrained (rewritten) large
+  one another."""
+  from rlaif_jax.labeler.stage import content_digest
+  rng = np.random.default_rng(0)
+  a = tmp_path / "a"
+  (a / "sub").mkdir(parents=True)
+  (a / "config.json").write_text('{"d": 4}')
+  (a / "sub" / "model.safetensors").write_bytes(rng.bytes(40 << 20))   # past the 32 MiB
+  b = tmp_path / "b"
+  (b / "sub").mkdir(parents=True)
+  for rel in ("config.json", "sub/model.safetensors"):
+    (b / rel).write_bytes((a / rel).read_bytes())
+  assert content_digest(str(a)) == content_digest(str(b))
+  (b / "config.json").write_text('{"d": 5}')
+  assert content_digest(str(a)) != content_digest(str(b))
+  (b / "config.json").write_bytes((a / "config.json").read_bytes())
+  (b / "sub" / "model.safetensors").write_bytes(rng.bytes(40 << 20))
+  assert content_digest(str(a)) != content_digest(str(b))
+  (b / "sub" / "model.safetensors").rename(b / "sub" / "other.safetensors")
+  (b / "sub" / "other.safetensors").write_bytes((a / "sub" / "model.safetensors").read_bytes())
+  assert content_digest(str(a)) != content_digest(str(b))               # names count
