@@ -223,3 +223,22 @@ def test_content_digest_of_checkpoint_directories(tmp_path):
   (b / "sub" / "model.safetensors").rename(b / "sub" / "other.safetensors")
   (b / "sub" / "other.safetensors").write_bytes((a / "sub" / "model.safetensors").read_bytes())
   assert content_digest(str(a)) != content_digest(str(b))               # names count
+
+
+def test_labeler_config_errors_are_one_line(tmp_path):
+  from rlaif_jax.config import ConfigError, load_config_file
+  from rlaif_jax.labeler.config import build_labeler
+  config = load_config_file(os.path.join(ROOT, "configs", "label.py") + ":toy")
+  lab = config.labeler
+  lab.update(cot=True, self_consistency=4, cot_temperature=0.0)
+  with pytest.raises(ConfigError, match="temperature > 0"):
+    build_labeler(lab)
+  lab.update(self_consistency=1, exemplars_path="bundled:poetry")
+  with pytest.raises(ConfigError, match="no bundled exemplars"):
+    build_labeler(lab)
+  shots = tmp_path / "shots.jsonl"
+  shots.write_text(json.dumps({"context": "c", "response_1": "a", "response_2": "b",
+                               "answer": "1"}) + "\n")
+  lab.update(exemplars_path=str(shots), cot_max_tokens=4)
+  with pytest.raises(ConfigError, match="no rationale"):
+    build_labeler(lab)

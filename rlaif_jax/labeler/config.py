@@ -89,11 +89,14 @@ def build_labeler(lcfg, seed: int = 0, devices=None):
   mesh = make_mesh(lcfg.mesh, devices)
   tok = load_tokenizer(lcfg.model.tokenizer)
   model = _model(lcfg, tok, mesh, seed)
-  labeler = Labeler(model, tok, mesh, task=lcfg.task, preamble=lcfg.preamble, template=template,
-                    direct_template=lcfg.direct_template.to_dict(), exemplars=exemplars, cot=cot,
-                    chat=chat, batch_size=lcfg.batch_size, bucket=lcfg.bucket,
-                    prefix_cache=lcfg.prefix_cache, max_context_tokens=lcfg.max_context_tokens,
-                    seed=seed)
+  try:   # templates that do not fit the tokenizer, exemplars without rationales for CoT
+    labeler = Labeler(model, tok, mesh, task=lcfg.task, preamble=lcfg.preamble,
+                      template=template, direct_template=lcfg.direct_template.to_dict(),
+                      exemplars=exemplars, cot=cot, chat=chat, batch_size=lcfg.batch_size,
+                      bucket=lcfg.bucket, prefix_cache=lcfg.prefix_cache,
+                      max_context_tokens=lcfg.max_context_tokens, seed=seed)
+  except ValueError as e:
+    raise ConfigError(f"labeler: {e}") from None
   return labeler, mesh
 
 
