@@ -13,7 +13,7 @@
 
 `train.steps` counts RL iterations (one rollout batch of `train.batch_size`
 prompts each); the optimiser takes 1 step per iteration (reinforce_baseline)
-or rl.ppo_epochs × rl.minibatches (ppo). `train.log_every` and
+or rl.ppo_epochs × rl.minibatches (ppo, grpo, rloo). `train.log_every` and
 `train.checkpoint_every` count iterations too.
 """
 import ml_collections
@@ -24,7 +24,9 @@ from rlaif_jax.labeler.config import labeler_config
 
 def rl_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      algorithm="reinforce_baseline",  # the paper's | ppo
+      algorithm="reinforce_baseline",  # the paper's | ppo | grpo | rloo (rl_algorithms.py)
+      group_size=1,              # grpo, rloo: responses sampled per prompt (>= 2); the
+                                 # rollout then has train.batch_size x group_size rows
       reward="model",            # model | labeler | callable
       reward_model="",           # reward == "model": <rm workdir>/model (or a HF dir)
       reward_fn="",              # reward == "callable": "package.module:function"
@@ -42,6 +44,7 @@ def rl_config() -> ml_collections.ConfigDict:
       # then gives the gradient of KL(π‖π_ref) – k2/k3 still penalise drift but their
       # gradient is biased. "loss": + β·mean k in the loss (as GRPO does); k2 gives
       # ∇KL(π‖π_ref), k3 ∇KL(π_ref‖π); k1 is refused (its gradient has mean 0).
+      # grpo ignores both keys: its KL is always the k3 loss term of the paper.
       kl_penalty="reward",       # reward | loss
       kl_coef=0.05,              # β (initial β when adaptive); < 1 for reinforce_baseline,
                                  # whose (1 − β)·r it is (the controller stops at 0.99)

@@ -43,10 +43,20 @@ def learner(c, workdir, mesh):
     ("reinforce_baseline", {}),                       # the paper's: separate value model
     ("ppo", dict(shared_value_head=True, minibatches=2, ppo_epochs=2, adaptive_kl=True,
                  kl_target=4.0, kl_horizon=200)),
+    # 8 prompts x 4 responses: as many rows as the others' 32 prompts
+    ("grpo", dict(group_size=4, minibatches=1, ppo_epochs=1, temperature=0.9, kl_coef=0.2)),
+    ("rloo", dict(group_size=4, minibatches=2, ppo_epochs=1)),
 ])
 def test_target_token_reward_rises_with_bounded_kl(algorithm, extra, mesh, tmp_path):
   c = toy_config(algorithm=algorithm, **extra)
-  learner(c, tmp_path, mesh).fit()
+  if "group_size" in extra:
+    with c.unlocked():
+      c.train.batch_size = 8
+  lrn = learner(c, tmp_path, mesh)
+  model = lrn.trainer.model()
+  no_value = model.value is None and model.value_head is None
+  assert no_value == (algorithm in ("grpo", "rloo"))
+  lrn.fit()
   rows = read_jsonl(tmp_path / "metrics" / "rl.jsonl")
   assert len(rows) == 30
   reward = np.array([r["reward"] for r in rows])
@@ -126,15 +136,25 @@ def test_validation_reward_keeps_the_best_policy(mesh, tmp_path):
 
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16",
            JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-ITERATIONS, UPDATES = 8, 4     # ppo: 2 epochs x 2 minibatches per iteration
+ITERATIONS = 8
+# algorithm -> (its flags, optimiser steps per iteration)
+RESUME = {
+    "ppo": (["--config.rl.minibatches=2", "--config.rl.ppo_epochs=2",
+             "--config.rl.shared_value_head=True"], 4),
+    # 16 prompts x 2 responses per rollout; grpo's KL is its k3 loss term
+    "grpo": (["--config.rl.group_size=2", "--config.rl.minibatches=2", "--config.rl.ppo_epochs=1",
+              "--config.train.batch_size=16"], 2),
+    "rloo": (["--config.rl.group_size=2", "--config.rl.minibatches=1", "--config.rl.ppo_epochs=2",
+              "--config.train.batch_size=16"], 2),
+}
 
 
-def command(workdir):
+def command(workdir, algorithm="ppo"):
   return [sys.executable, "-m", "rlaif_jax.main", f"--config={ROOT / 'configs' / 'rl.py'}:toy",
           f"--workdir={workdir}", f"--config.train.steps={ITERATIONS}",
           "--config.train.checkpoint_every=2", "--config.train.log_every=2",
-          "--config.rl.algorithm=ppo", "--config.rl.minibatches=2", "--config.rl.ppo_epochs=2",
-          "--config.rl.shared_value_head=True", "--config.rl.reward_norm=running",
+          f"--config.rl.algorithm={algorithm}", *RESUME[algorithm][0],
+          "--config.rl.reward_norm=running",
           "--config.rl.adaptive_kl=True", "--config.rl.kl_target=0.5",
           "--config.rl.kl_horizon=200", f"--config.rl.reward_fn={TARGET}",
           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
@@ -155,15 +175,17 @@ def final_params(workdir):
     return ckptr.restore(os.path.abspath(os.path.join(workdir, "model", "params")))
 
 
-def test_sigkill_and_restart_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("algorithm", list(RESUME))
+def test_sigkill_and_restart_is_bit_identical(algorithm, tmp_path):
   ref, broken = tmp_path / "ref", tmp_path / "broken"
+  command_of = lambda workdir: command(workdir, algorithm)
   # A persistent compilation cache shared by the three runs: the same programs,
   # compiled once (the runs still start as fresh processes).
   env = dict(ENV, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  run_to_end(command(ref), env)
+  run_to_end(command_of(ref), env)
 
-  proc = subprocess.Popen(command(broken), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(command_of(broken), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
   try:
     deadline = time.time() + 300
@@ -176,10 +198,10 @@ def test_sigkill_and_restart_is_bit_identical(tmp_path):
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
   killed_at = checkpoint_steps(broken)
-  assert killed_at and max(killed_at) < ITERATIONS * UPDATES, f"not interrupted: {killed_at}"
+  assert killed_at and max(killed_at) < ITERATIONS * RESUME[algorithm][1], f"not interrupted: {killed_at}"
   assert not (broken / "model").exists()
 
-  run_to_end(command(broken), env)
+  run_to_end(command_of(broken), env)
   a, b = final_params(ref), final_params(broken)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 0
@@ -312,6 +334,11 @@ def test_minibatch_grad_accum_refused_before_anything_compiles(tmp_path):
     (dict(kl_penalty="loss", kl_estimator="k1"), "k1"),
     (dict(kl_penalty="nope"), "rl.kl_penalty"),
     (dict(temperature=0.0), "rl.temperature=0.0 must be > 0"),
+    (dict(algorithm="rloo"), "rl.group_size=1: rl.algorithm='rloo' baselines each response"),
+    (dict(algorithm="grpo", group_size=1), "rl.group_size=1: rl.algorithm='grpo'"),
+    (dict(algorithm="nope"), "reinforce_baseline, ppo, grpo, rloo"),
+    # 32 prompts x 3 responses = 96 rows: 32 minibatches of 3, not a multiple of data*fsdp 4
+    (dict(algorithm="grpo", group_size=3, minibatches=32), "32 x 3 responses per prompt"),
 ])
 def test_validate_refuses(overrides, match, mesh):
   from rlaif_jax.config import ConfigError
@@ -319,3 +346,5 @@ def test_validate_refuses(overrides, match, mesh):
     rl.validate(toy_config(**overrides), mesh)
   assert "\n" not in str(e.value)
   rl.validate(toy_config(kl_coef=1.0, algorithm="ppo", minibatches=2), mesh)   # PPO: r − β·KL
+  # 32 x 2 rows in 16 minibatches of 4: fine (32 rows alone would give minibatches of 2)
+  rl.validate(toy_config(algorithm="rloo", group_size=2, minibatches=16), mesh)

@@ -358,3 +358,69 @@ def test_adaptive_kl_controller_cap():
                             max_beta=0.99) == 0.99
   assert L.adaptive_kl_coef(0.5, kl=100.0, target=1.0, horizon=10, n=10,
                             max_beta=0.99) == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------ GRPO and RLOO
+
+def _group_rollout():
+  """Two prompts x 3 responses; log π − log π_ref = 0.5 on every real token."""
+  lengths = np.array([2, 1, 3, 3, 2, 1])
+  mask = np.arange(4)[None] < lengths[:, None]
+  ref = np.full((6, 4), -2.0, np.float32)
+  logp = np.where(mask, ref + 0.5, 40.0).astype(np.float32)      # junk after the end
+  values = np.full((6, 4), 7.0, np.float32)                      # no value model: ignored
+  return logp, ref, values, mask, lengths
+
+
+def test_grpo_group_advantages_hand_case():
+  """Â_i = (r_i − mean) / (std + 1e-4) per group of 3, std with Bessel's correction:
+  group (1, 2, 3): mean 2, std 1; group (0, 0, 6): mean 2, std √12."""
+  logp, ref, values, mask, lengths = _group_rollout()
+  score = np.array([1.0, 2.0, 3.0, 0.0, 0.0, 6.0], np.float32)
+  kl, rewards, adv, ret = rl.advantages("grpo", "k3", 1.0, 1.0, False, logp, ref, values, mask,
+                                        score, np.float32(0.3), kl_in_reward=False, group_size=3)
+  s12 = math.sqrt(12.0)
+  want = np.array([-1 / (1 + 1e-4), 0, 1 / (1 + 1e-4), -2 / (s12 + 1e-4), -2 / (s12 + 1e-4),
+                   4 / (s12 + 1e-4)])
+  np.testing.assert_allclose(adv, np.where(mask, want[:, None], 0.0), rtol=1e-5, atol=1e-7)
+  assert not np.any(ret)
+  # the KL is GRPO's k3 (logged; the penalty is a loss term, not in the rewards)
+  k3 = math.exp(-0.5) - 1 + 0.5
+  np.testing.assert_allclose(kl, np.where(mask, k3, 0.0), rtol=1e-5)
+  want_r = np.zeros((6, 4))
+  want_r[np.arange(6), lengths - 1] = score
+  np.testing.assert_allclose(rewards, want_r, atol=1e-6)
+
+
+def test_rloo_leave_one_out_hand_case():
+  """A_i = R_i − mean of the other two, R_i = score_i − β·Σ_t KL_t:
+  Σ KL = 0.5·length, β = 0.2 → group 1: R = (0.8, 1.9, 2.7),
+  A = (0.8 − 2.3, 1.9 − 1.75, 2.7 − 1.35) = (−1.5, 0.15, 1.35);
+  group 2: scores (4, 4, 4) → R = (3.7, 3.8, 3.9), A = (−0.15, 0, 0.15)."""
+  logp, ref, values, mask, lengths = _group_rollout()
+  score = np.array([1.0, 2.0, 3.0, 4.0, 4.0, 4.0], np.float32)
+  _, _, adv, ret = rl.advantages("rloo", "k1", 1.0, 1.0, False, logp, ref, values, mask, score,
+                                 np.float32(0.2), group_size=3)
+  want = np.array([-1.5, 0.15, 1.35, -0.15, 0.0, 0.15])
+  np.testing.assert_allclose(adv, np.where(mask, want[:, None], 0.0), rtol=1e-5, atol=1e-5)
+  assert not np.any(ret)
+  # KL as a loss term instead: R_i = score_i, so group 2 has no signal at all
+  _, _, adv, _ = rl.advantages("rloo", "k1", 1.0, 1.0, False, logp, ref, values, mask, score,
+                               np.float32(0.2), kl_in_reward=False, group_size=3)
+  want = np.array([-1.5, 0.0, 1.5, 0, 0, 0])
+  np.testing.assert_allclose(adv, np.where(mask, want[:, None], 0.0), atol=1e-6)
+
+
+def test_grpo_and_rloo_losses_have_no_value_term():
+  """Clipped surrogate only: the loss equals ppo's policy term on the same batch."""
+  model = _tiny_actor_critic()
+  batch = _train_batch()
+  graphdef, params = nnx.split(model)
+  out = {}
+  for alg in ("ppo", "rloo"):
+    fn = rl.make_loss_fn(_loss_config(alg), 5)
+    out[alg] = jax.jit(lambda p, b: fn(nnx.merge(graphdef, p), b))(params, batch)
+  (l_ppo, m_ppo), (l_rloo, m_rloo) = out["ppo"], out["rloo"]
+  assert "value_loss" not in m_rloo
+  assert float(m_rloo["policy_loss"]) == pytest.approx(float(m_ppo["policy_loss"]), rel=1e-6)
+  assert float(l_ppo) - float(l_rloo) == pytest.approx(0.5 * float(m_ppo["value_loss"]), rel=1e-5)

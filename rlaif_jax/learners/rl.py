@@ -1,7 +1,12 @@
-"""RL from (AI) feedback: the paper's REINFORCE with a value baseline, and PPO.
+"""RL from (AI) feedback: the paper's REINFORCE with a value baseline, PPO, GRPO, RLOO.
+
+What differs between the algorithms – advantages, loss, updates per rollout,
+validation, responses per prompt, value model – is one entry each in
+rl_algorithms.ALGORITHMS; everything else below is shared.
 
 One iteration:
-  1. rollout – a batch of prompts (`train.batch_size`), one response each from
+  1. rollout – a batch of prompts (`train.batch_size`), one response each (k =
+     `rl.group_size` each for grpo and rloo, rows i·k … i·k + k − 1) from
      the policy with the jitted KV-cache sampler (rlaif_jax.sampling) at
      `rl.temperature`; one forward pass of policy, value and reference scores
      the response tokens (log π, V, log π_ref, entropy); the reward source
@@ -19,7 +24,7 @@ One iteration:
   4. β: fixed, or Ziegler's proportional controller toward `rl.kl_target`. In
      the paper's (1 − β)·r form (reinforce_baseline) β ≥ 1 would flip the
      reward's sign: `validate` refuses rl.kl_coef ≥ 1 there, and the controller
-     is capped at MAX_PAPER_BETA = 0.99.
+     is capped at 0.99 (the entry's max_beta).
 
 Temperature: the trained policy is the *tempered* one, π_T = softmax(z / T)
 with T = `rl.temperature` – the distribution the rollouts are sampled from
@@ -68,6 +73,7 @@ import logging
 import math
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +86,7 @@ from rlaif_jax.learners import common
 from rlaif_jax.learners import rl_losses as L
 from rlaif_jax.learners.dpo import copy_params
 from rlaif_jax.learners.metrics import MetricsWriter
+from rlaif_jax.learners.rl_algorithms import ALGORITHMS
 from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding, to_host
@@ -87,21 +94,24 @@ from rlaif_jax.models import store
 from rlaif_jax.preemption import Watcher
 from rlaif_jax.sampling import Sampler, SamplingConfig
 
-ALGORITHMS = ("reinforce_baseline", "ppo")
 TRAIN_KEYS = ("tokens", "mask", "response_mask", "old_logp", "old_values", "advantages", "returns",
               "ref_logp", "kl_coef")
-MAX_PAPER_BETA = 0.99    # the adaptive β's cap in the (1 − β)·r form
 
 
 # ------------------------------------------------------------------ models
 
 class ActorCritic(nnx.Module):
-  """The trained networks: a causal-LM policy and a value function V(s_t)."""
+  """The trained networks: a causal-LM policy and a value function V(s_t)
+  (a separate network, a head on the policy's trunk, or – value_head=False
+  with no value network, for grpo and rloo – none: V = 0)."""
 
-  def __init__(self, policy: nnx.Module, value: nnx.Module | None, mesh=None):
+  def __init__(self, policy: nnx.Module, value: nnx.Module | None, mesh=None,
+               value_head: bool = True):
     self.policy = policy
     if value is not None:
       self.value, self.value_head = value, nnx.data(None)
+    elif not value_head:
+      self.value, self.value_head = nnx.data(None), nnx.data(None)
     else:                    # a head on the policy's trunk, starting at V = 0
       d = policy.cfg.d_model
       head = jnp.zeros((d,))
@@ -113,6 +123,8 @@ class ActorCritic(nnx.Module):
   def __call__(self, tokens, mask):
     """Policy logits (B, T, V) and values (B, T)."""
     h, _ = self.policy.hidden(tokens, mask)
+    if self.value is None and self.value_head is None:
+      return self.policy.logits(h), jnp.zeros(h.shape[:2], jnp.float32)
     if self.value is None:
       return self.policy.logits(h), h.astype(jnp.float32) @ self.value_head[...]
     return self.policy.logits(h), self.value.per_token(tokens, mask)
@@ -136,6 +148,8 @@ def response_outputs(model: ActorCritic, tokens, mask, n_new: int, temperature: 
 def build_models(config, mesh, tok) -> ActorCritic:
   r = config.rl
   policy = common.policy_model(config, mesh, tok)
+  if not ALGORITHMS[r.algorithm].value_model:
+    return ActorCritic(policy, None, mesh, value_head=False)
   if r.shared_value_head:
     return ActorCritic(policy, None, mesh)
   source = r.reward_model if r.value_init == "reward_model" else None
@@ -147,30 +161,25 @@ def build_models(config, mesh, tok) -> ActorCritic:
 def make_loss_fn(r, n_new: int):
   """loss_fn(model, batch, rng) for the Trainer; batch holds TRAIN_KEYS.
 
-  Every term is a mean over the batch's response tokens; aux["weight"] is
-  their count, so gradient accumulation gives the token mean of the batch."""
-  ppo = r.algorithm == "ppo"
-  kl_in_loss = r.kl_penalty == "loss"
+  The algorithm's policy (and value) terms, − entropy_coef · H, and + β · mean k
+  when the KL is a loss term. Every term is a mean over the batch's response
+  tokens; aux["weight"] is their count, so gradient accumulation gives the
+  token mean of the batch."""
+  alg = ALGORITHMS[r.algorithm]
+  kl_in_loss, estimator = alg.kl_in_loss(r), alg.kl_estimator(r)
 
   def loss_fn(model, batch, rng=None):
     logp, values, entropy = response_outputs(model, batch["tokens"], batch["mask"], n_new,
                                              r.temperature)
-    m, adv = batch["response_mask"], batch["advantages"]
-    if ppo:
-      pg, clip_frac = L.ppo_policy_loss(logp, batch["old_logp"], adv, m, r.clip_eps)
-      vf = L.clipped_value_loss(values, batch["old_values"], batch["returns"], m, r.value_clip)
-    else:
-      pg, clip_frac = L.reinforce_policy_loss(logp, adv, m), jnp.zeros(())
-      vf = L.value_loss(values, batch["returns"], m)
-    ent = L.masked_mean(entropy, m)
-    loss = pg + r.vf_coef * vf - r.entropy_coef * ent
-    aux = {"policy_loss": pg, "value_loss": vf, "clip_frac": clip_frac,
-           # KL(π_old ‖ π) by k3 on the rollout's tokens: how far the updates moved
-           "policy_drift_kl": L.kl_loss(batch["old_logp"], logp, m, "k3"),
+    m = batch["response_mask"]
+    loss, aux = alg.loss(r, logp, values, batch)
+    loss = loss - r.entropy_coef * L.masked_mean(entropy, m)
+    # KL(π_old ‖ π) by k3 on the rollout's tokens: how far the updates moved
+    aux = {**aux, "policy_drift_kl": L.kl_loss(batch["old_logp"], logp, m, "k3"),
            "weight": jnp.sum(m.astype(jnp.float32))}
     if kl_in_loss:
       # β is per row in the batch (it changes between rollouts, not within one)
-      aux["kl_loss"] = L.kl_loss(logp, batch["ref_logp"], m, r.kl_estimator)
+      aux["kl_loss"] = L.kl_loss(logp, batch["ref_logp"], m, estimator)
       loss = loss + batch["kl_coef"][0] * aux["kl_loss"]
     return loss, aux
   return loss_fn
@@ -188,27 +197,29 @@ def _score(graphdef, ref_graphdef, n_new, temperature, params, ref_params, token
   return logp, values, entropy, ref_logp
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), static_argnames=("kl_in_reward",))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4),
+                   static_argnames=("kl_in_reward", "group_size"))
 def advantages(algorithm, estimator, gamma, lam, whiten, logp, ref_logp, values, mask, score,
-               beta, kl_in_reward=True):
-  """Per-token KL, rewards, advantages and value targets for one rollout.
+               beta, kl_in_reward=True, group_size=1):
+  """Per-token KL, rewards, advantages and value targets for one rollout, by
+  the algorithm's entry (rl_algorithms).
 
   kl_in_reward=False (`rl.kl_penalty="loss"`): the rewards carry the score
   only (still scaled by 1 − β in the paper's form); the KL is then a loss term.
-  Whatever the arrays hold after a response's end is ignored."""
-  kl = jnp.where(mask, L.kl_estimate(L.masked_log_ratio(logp, ref_logp, mask), 0.0, estimator),
-                 0.0)
-  beta_r = beta if kl_in_reward else 0.0 * beta
-  if algorithm == "reinforce_baseline":   # the paper: γ = 1, Monte-Carlo return
-    rewards = L.token_rewards(score, kl, mask, beta_r, score_coef=1.0 - beta)
-    returns = L.discounted_returns(rewards, mask, 1.0)
-    adv = jnp.where(mask, returns - values, 0.0)
-  else:
-    rewards = L.token_rewards(score, kl, mask, beta_r)
-    adv, returns = L.gae(rewards, values, mask, gamma, lam)
-  if whiten:
-    adv = L.whiten(adv, mask)
-  return kl, rewards, adv, returns
+  `whiten` applies to ppo; `group_size` (k) to grpo and rloo. Whatever the
+  arrays hold after a response's end is ignored."""
+  r = types.SimpleNamespace(kl_estimator=estimator, gamma=gamma, lam=lam,
+                            whiten_advantages=whiten, group_size=group_size)
+  return ALGORITHMS[algorithm].advantages(r, logp, ref_logp, values, mask, score, beta,
+                                          kl_in_reward)
+
+
+def repeat_rows(batch: dict, k: int) -> dict:
+  """Each row k times in a row (rows i·k … i·k + k − 1 are copies of row i)."""
+  if k == 1:
+    return batch
+  return {key: (np.repeat(v, k, axis=0) if isinstance(v, np.ndarray) else
+                [x for x in v for _ in range(k)]) for key, v in batch.items()}
 
 
 class RolloutState:
@@ -286,8 +297,10 @@ class RLLearner:
     r = self.r = config.rl
     self.config, self.workdir, self.mesh, self.tok, self.reward = config, workdir, mesh, tok, reward
     self.n_new = r.max_new_tokens or config.data.max_response_len
-    self.updates = 1 if r.algorithm == "reinforce_baseline" else r.ppo_epochs * r.minibatches
-    self.minibatches = 1 if r.algorithm == "reinforce_baseline" else r.minibatches
+    self.alg = ALGORITHMS[r.algorithm]
+    epochs, self.minibatches = self.alg.updates(r)
+    self.updates = epochs * self.minibatches
+    self.group = self.alg.group_size(r)
     with jax.set_mesh(mesh):
       self.ref_params = copy_params(nnx.to_pure_dict(nnx.state(model.policy)))
     self.ref_graphdef = nnx.graphdef(model.policy)
@@ -300,6 +313,7 @@ class RLLearner:
 
   def rollout(self, prompts: dict, iteration: int, state: RolloutState) -> dict:
     """Samples and scores one batch; returns host arrays (TRAIN_KEYS and more)."""
+    prompts = repeat_rows(prompts, self.group)
     params = self.trainer.state["params"]
     pt, pm = prompts["prompt_tokens"], prompts["prompt_mask"]
     out = self.sampler(pt, pm, self.sampling, seed=rollout_seed(self.config.seed, iteration),
@@ -318,10 +332,9 @@ class RLLearner:
     r = self.r
     with jax.set_mesh(self.mesh):
       kl, rewards, adv, returns = advantages(
-          r.algorithm, r.kl_estimator, r.gamma, r.lam,
-          bool(r.whiten_advantages and r.algorithm == "ppo"),
+          r.algorithm, self.alg.kl_estimator(r), r.gamma, r.lam, bool(r.whiten_advantages),
           logp, ref_logp, values, resp_mask, score, np.float32(state.beta),
-          kl_in_reward=r.kl_penalty == "reward")
+          kl_in_reward=not self.alg.kl_in_loss(r), group_size=self.group)
     logp, values, entropy, kl, adv, returns = map(to_host, (logp, values, entropy, kl, adv, returns))
     return dict(tokens=tokens, mask=mask, response_mask=resp_mask, old_logp=logp,
                 kl_coef=np.full(len(tokens), state.beta, np.float32),
@@ -399,7 +412,7 @@ class RLLearner:
         if r.adaptive_kl:
           state.beta = L.adaptive_kl_coef(
               state.beta, metrics["kl"], r.kl_target, r.kl_horizon, len(ro["tokens"]),
-              MAX_PAPER_BETA if r.algorithm == "reinforce_baseline" else float("inf"))
+              self.alg.max_beta)
         step = it + 1
         if validation and ((c.train.eval_every and step % c.train.eval_every == 0)
                            or step == c.train.steps):
@@ -437,7 +450,8 @@ class RLLearner:
 def validate(config, mesh) -> None:
   r = config.rl
   if r.algorithm not in ALGORITHMS:
-    raise ConfigError(f"rl.algorithm={r.algorithm!r}: use {' or '.join(ALGORITHMS)}")
+    raise ConfigError(f"rl.algorithm={r.algorithm!r}: use {', '.join(ALGORITHMS)}")
+  alg = ALGORITHMS[r.algorithm]
   if r.kl_estimator not in ("k1", "k2", "k3"):
     raise ConfigError(f"rl.kl_estimator={r.kl_estimator!r}: use k1, k2 or k3")
   if r.reward_norm not in ("none", "batch", "running"):
@@ -450,22 +464,21 @@ def validate(config, mesh) -> None:
     raise ConfigError("rl.value_init='reward_model' needs rl.reward_model")
   if not (r.kl_coef >= 0 and math.isfinite(r.kl_coef)) or (r.adaptive_kl and r.kl_target <= 0):
     raise ConfigError(f"rl.kl_coef={r.kl_coef} must be >= 0 (and rl.kl_target > 0 when adaptive)")
-  if r.algorithm == "reinforce_baseline" and r.kl_coef >= 1:
-    raise ConfigError(f"rl.kl_coef={r.kl_coef} must be < 1 with reinforce_baseline: its reward "
-                      f"is (1 − β)·r, whose sign β ≥ 1 flips")
+  alg.validate(config)
   if r.kl_penalty not in ("reward", "loss"):
     raise ConfigError(f"rl.kl_penalty={r.kl_penalty!r}: use reward or loss")
-  if r.kl_penalty == "loss" and r.kl_estimator == "k1":
+  if alg.kl_in_loss(r) and alg.kl_estimator(r) == "k1":
     raise ConfigError("rl.kl_penalty='loss' with rl.kl_estimator='k1': the gradient of k1 has "
                       "mean 0 (no pull toward the reference); use k2 or k3")
   if not (r.temperature > 0 and math.isfinite(r.temperature)):
     raise ConfigError(f"rl.temperature={r.temperature} must be > 0: the trained policy is "
                       f"softmax(logits / temperature)")
-  rows, dp, accum = config.train.batch_size, data_parallel_size(mesh), config.train.grad_accum
-  mb = r.minibatches if r.algorithm == "ppo" else 1
+  dp, accum = data_parallel_size(mesh), config.train.grad_accum
+  rows, mb = config.train.batch_size * alg.group_size(r), alg.updates(r)[1]
   if rows % mb or (rows // mb) % (dp * accum):
-    raise ConfigError(f"train.batch_size={rows} must split into rl.minibatches={mb} minibatches "
-                      f"of a multiple of data*fsdp*train.grad_accum={dp}*{accum} rows")
+    raise ConfigError(f"train.batch_size={config.train.batch_size} x {alg.group_size(r)} "
+                      f"responses per prompt must split into rl.minibatches={mb} minibatches of a "
+                      f"multiple of data*fsdp*train.grad_accum={dp}*{accum} rows")
   if r.select not in ("last", "best"):
     raise ConfigError(f"rl.select={r.select!r}: use last or best")
   if r.eval_temperature < 0:
