@@ -110,41 +110,77 @@ def copy(src, dst) -> None:
   write_bytes_atomic(dst, path(src).read_bytes())
 
 
-def upload_dir(local_dir: str, dst) -> None:
-  """Copies the files under a local directory to `dst` (local or URL), each atomically."""
-  for root, _, files in os.walk(local_dir):
+def upload_dir(local_dir: str, dst, last: tuple[str, ...] = ()) -> None:
+  """Copies the files under a local directory to `dst` (local or URL), each
+  atomically; files named in `last` go after all others (a completeness marker)."""
+  files = []
+  for root, _, names in os.walk(local_dir):
     rel = os.path.relpath(root, local_dir)
+    files += [(os.path.join(root, n), ([] if rel == "." else rel.split(os.sep)) + [n])
+              for n in names]
+  for src, parts in sorted(files, key=lambda f: f[1][-1] in last):
+    with open(src, "rb") as f:
+      write_bytes_atomic(path(dst).joinpath(*parts), f.read())
+
+
+def download_dir(src, local_dir: str) -> None:
+  """Copies every file under `src` (local or URL) into `local_dir`, made whole
+  under a temporary name first (concurrent callers: one of them wins, same files)."""
+  import shutil
+  src = path(src)
+  tmp = f"{local_dir}.{os.getpid()}.tmp"
+  base = os.fspath(src).split("://", 1)[-1]
+  for root, _, files in src.walk():
+    # fsspec's walk names directories without the gs:// prefix
+    rel = os.path.relpath(os.fspath(root).split("://", 1)[-1], base)
+    parts = [] if rel == "." else rel.split("/")
+    os.makedirs(os.path.join(tmp, *parts), exist_ok=True)
     for name in files:
-      with open(os.path.join(root, name), "rb") as f:
-        write_bytes_atomic(path(dst).joinpath(*([] if rel == "." else [rel]), name), f.read())
+      with open(os.path.join(tmp, *parts, name), "wb") as f:
+        f.write(src.joinpath(*parts, name).read_bytes())
+  os.makedirs(os.path.dirname(local_dir), exist_ok=True)
+  try:
+    os.replace(tmp, local_dir)
+  except OSError:                  # another process won the race; same files
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_dir(url, fingerprint: str = "") -> str:
+  """A local directory to mirror `url` in (under the temp dir), one per URL and
+  `fingerprint` – the mirrored content's identity, so that a bucket whose
+  content changed is never answered from a stale copy."""
+  import hashlib
+  import tempfile
+  s = os.fspath(path(url))
+  key = hashlib.sha256(f"{s}\0{fingerprint}".encode()).hexdigest()[:16]
+  return os.path.join(tempfile.gettempdir(), "rlaif_jax_remote", f"{os.path.basename(s)}-{key}")
 
 
 def local_dir(p) -> str:
   """A local directory with `p`'s files, for libraries that read only local files
   (Hugging Face tokenizers and configs): `p` itself when local, else a download
-  cached by URL under the temp dir (such directories are written once, never
-  changed in place)."""
+  (small directories only: it is fetched at every call, and kept once per content)."""
   if not is_url(p):
     return os.fspath(path(p))
   import hashlib
   import shutil
   import tempfile
-  src = path(p)
-  key = hashlib.sha256(os.fspath(src).encode()).hexdigest()[:16]
-  out = os.path.join(tempfile.gettempdir(), "rlaif_jax_remote", f"{src.name}-{key}")
-  if os.path.isdir(out):
-    return out
-  if not src.is_dir():
+  if not path(p).is_dir():
     raise FileNotFoundError(f"{p}: no such directory")
-  tmp = f"{out}.{os.getpid()}.tmp"
-  for root, _, files in src.walk():
-    rel = os.path.relpath(os.fspath(root), os.fspath(src))
-    os.makedirs(os.path.join(tmp, rel), exist_ok=True)
-    for name in files:
-      with open(os.path.join(tmp, rel, name), "wb") as f:
-        f.write(path(root).joinpath(name).read_bytes())
+  root = os.path.join(tempfile.gettempdir(), "rlaif_jax_remote")
+  os.makedirs(root, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=root)
+  download_dir(p, os.path.join(tmp, "d"))
+  digest = hashlib.sha256()
+  for r, _, files in sorted(os.walk(os.path.join(tmp, "d"))):
+    for name in sorted(files):
+      digest.update(os.path.relpath(os.path.join(r, name), tmp).encode())
+      with open(os.path.join(r, name), "rb") as f:
+        digest.update(f.read())
+  out = cache_dir(p, digest.hexdigest())
   try:
-    os.replace(tmp, out)
-  except OSError:                  # another process won the race; same files
-    shutil.rmtree(tmp, ignore_errors=True)
+    os.replace(os.path.join(tmp, "d"), out)
+  except OSError:                  # already there: the same content
+    pass
+  shutil.rmtree(tmp, ignore_errors=True)
   return out

@@ -11,9 +11,13 @@ Responses are the exact continuation of `prompt.text` (e.g. " summary").
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import tensorflow_datasets as tfds
 
+from rlaif_jax import paths
 from rlaif_jax.data import builders as _builders  # noqa: F401  (registers the builders)
 from rlaif_jax.data import formats
 from rlaif_jax.data.jsonl import JsonlSource
@@ -66,16 +70,38 @@ class TfdsSource:
 
 
 def prepare_builder(data_cfg):
-  """The TFDS builder for `data_cfg.source`, prepared (from manual_dir if given)."""
+  """The TFDS builder for `data_cfg.source`, prepared (from manual_dir if given).
+
+  array_record reads and writes local files only (its own C++ file I/O), so a
+  `data_dir` on gs:// is mirrored in a local cache directory: a data set
+  prepared in the bucket is downloaded from it, one prepared here is uploaded
+  to it (dataset_info.json last: the bucket's copy is whole once that exists).
+  """
   name = data_cfg.source
   kwargs = {"skip_bad_records": data_cfg.skip_bad_records}
   if name == "anthropic_hh":
     name = f"anthropic_hh/{data_cfg.hh_subset}"
     kwargs["mismatch_policy"] = data_cfg.mismatch_policy
-  builder = tfds.builder(name, data_dir=data_cfg.data_dir or None,
-                         file_format="array_record", **kwargs)
+  remote = data_cfg.data_dir if paths.is_url(data_cfg.data_dir) else ""
+  data_dir, in_bucket = data_cfg.data_dir or None, ""
+  if remote:
+    with tempfile.TemporaryDirectory() as probe:
+      full = tfds.builder(name, data_dir=probe, file_format="array_record",
+                          **kwargs).info.full_name
+    in_bucket = paths.join(remote, *full.split("/"))
+    info = paths.join(in_bucket, "dataset_info.json")
+    if paths.exists(info):     # mirrored once per content of the bucket's copy
+      data_dir = paths.cache_dir(remote, paths.read_text(info))
+      local = os.path.join(data_dir, *full.split("/"))
+      if not os.path.exists(os.path.join(local, "dataset_info.json")):
+        paths.download_dir(in_bucket, local)
+    else:                      # prepared afresh, then uploaded
+      data_dir = tempfile.mkdtemp(prefix="rlaif_jax_tfds_")
+  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record", **kwargs)
   download_config = tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir or None)
   builder.download_and_prepare(download_config=download_config)
+  if in_bucket and not paths.exists(paths.join(in_bucket, "dataset_info.json")):
+    paths.upload_dir(builder.data_dir, in_bucket, last=("dataset_info.json",))
   return builder
 
 
