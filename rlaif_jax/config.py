@@ -103,14 +103,15 @@ def paper_scale(c, variant: str) -> None:
   c.model.tokenizer = ""          # required: a local HF tokenizer directory
   c.model.checkpoint = ""         # required: a local HF checkpoint directory
   c.model.dtype = "bfloat16"
+  c.model.scan_layers = True      # one layer compiled, not 18 / 32 (--aot: 233 s -> see README)
   if variant == "tldr":
     c.model.preset = "gemma-2b"
-    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0)
+    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0, topology="v4:2x2x2")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.source = "tldr"
   else:
     c.model.preset = "llama-3-8b"
-    c.hardware.update(name="TPU v4-64", chips=32, memory_gib_per_chip=32.0)
+    c.hardware.update(name="TPU v4-64", chips=32, memory_gib_per_chip=32.0, topology="v4:4x4x2")
     c.mesh.update(data=1, fsdp=-1, tensor=4)
     c.data.source = "anthropic_hh"
     c.data.hh_subset = "helpful-base" if variant == "hh_helpful" else "harmless-base"

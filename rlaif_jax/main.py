@@ -28,6 +28,10 @@ def define_flags():
   flags.DEFINE_bool("dry_run", False, "build the mesh for config.hardware, abstract-evaluate "
                     "the models and print parameters, per-device memory and shardings; "
                     "allocates nothing")
+  flags.DEFINE_bool("aot", False, "compile the stage's jitted programs for "
+                    "hardware.topology with the TPU compiler (libtpu, no TPU needed) and "
+                    "print per-program compile time, memory, FLOPs and collectives; "
+                    "refuses a config that does not fit")
 
 
 # stage -> module with `run(config, workdir, mesh) -> dict`
@@ -42,7 +46,7 @@ STAGES = {
 }
 
 
-def run_stage(config, workdir: str, dry_run: bool = False) -> dict:
+def run_stage(config, workdir: str, dry_run: bool = False, aot: bool = False) -> dict:
   import importlib
 
   import jax
@@ -53,6 +57,11 @@ def run_stage(config, workdir: str, dry_run: bool = False) -> dict:
 
   if config.stage not in STAGES:
     raise cfglib.ConfigError(f"stage={config.stage!r}: known stages are {sorted(STAGES)}")
+  if aot:
+    from rlaif_jax import aot as aotlib
+    n = config.hardware.chips or jax.device_count()
+    cfglib.validate(config, n)
+    return aotlib.run(config)
   if dry_run:
     from rlaif_jax import dryrun
     n = config.hardware.chips or jax.device_count()
@@ -85,15 +94,18 @@ def main(argv=None) -> int:
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  if not flags.FLAGS.workdir and not flags.FLAGS.dry_run:
+  if not flags.FLAGS.workdir and not (flags.FLAGS.dry_run or flags.FLAGS.aot):
     sys.exit("error: --workdir is required (checkpoints, metrics and artifacts go there)")
   from rlaif_jax.mesh import maybe_initialize_distributed
   maybe_initialize_distributed(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                                flags.FLAGS.process_id)
   try:
-    result = run_stage(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.dry_run)
+    result = run_stage(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.dry_run,
+                       flags.FLAGS.aot)
   except cfglib.ConfigError as e:
     sys.exit(f"error: {e}")
+  if flags.FLAGS.aot:
+    return 0        # aot.run printed its JSON line last
   print(json.dumps({k: v for k, v in (result or {}).items()
                     if isinstance(v, (int, float, str))}, indent=1))
   return 0

@@ -154,12 +154,22 @@ class Trainer:
         abstract_opt, params, param_sh, transform_non_params=lambda _: replicated)
     self.state_sharding = {"params": param_sh, "opt_state": opt_sh,
                            "step": replicated, "rng": replicated}
+    self._step_fn = None
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+      # An abstract model (rlaif_jax.aot): shapes and shardings only, nothing
+      # allocated, no checkpoints; `lower_step` still gives the real step.
+      rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+      self.state = jax.tree.map(
+          lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+          {"params": params, "opt_state": abstract_opt,
+           "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": rng}, self.state_sharding)
+      self.ckpt = None
+      return
     with jax.set_mesh(mesh):
       opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(params)
     rng = jax.device_put(jax.random.key_data(jax.random.key(config.seed)), replicated)
     self.state = {"params": params, "opt_state": opt_state,
                   "step": jax.device_put(jnp.zeros((), jnp.int32), replicated), "rng": rng}
-    self._step_fn = None
     ckpt_dir = paths.path(workdir) / "checkpoints"
     self.ckpt = ocp.CheckpointManager(
         ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -213,16 +223,24 @@ class Trainer:
     batch = {k: v for k, v in batch.items() if getattr(v, "dtype", object) != object}
     if not all(isinstance(v, jax.Array) for v in batch.values()):
       batch = global_batch(batch, self.mesh)
-    frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
     key = (tuple(sorted(batch)), jax.tree.structure(self.frozen))
     if self._step_fn is None or self._step_fn[0] != key:
-      batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, np.ndim(x)), batch)
-      self._step_fn = key, jax.jit(
-          self._train_step, in_shardings=(self.state_sharding, batch_sh, frozen_sh),
-          out_shardings=(self.state_sharding, None), donate_argnums=0)
+      self._step_fn = key, self._jit_step(batch)
     with jax.set_mesh(self.mesh):
       self.state, metrics = self._step_fn[1](self.state, batch, self.frozen)
     return metrics
+
+  def _jit_step(self, batch: dict):
+    frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
+    batch_sh = jax.tree.map(lambda x: batch_sharding(self.mesh, len(x.shape)), batch)
+    return jax.jit(self._train_step, in_shardings=(self.state_sharding, batch_sh, frozen_sh),
+                   out_shardings=(self.state_sharding, None), donate_argnums=0)
+
+  def lower_step(self, batch: dict) -> jax.stages.Lowered:
+    """The step `step` runs, lowered for a global batch of this shape (arrays or
+    ShapeDtypeStructs): `--aot` compiles it for a TPU topology."""
+    with jax.set_mesh(self.mesh):
+      return self._jit_step(batch).lower(self.state, batch, self.frozen)
 
   # ------------------------------------------------------------ checkpoints
   def save(self, data_iter=None, force: bool = False) -> None:

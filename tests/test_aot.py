@@ -1,0 +1,127 @@
+"""`--aot`: the stage's own programs compiled by the TPU compiler (libtpu) for a
+Cloud TPU topology that is not attached. Each topology runs in its own
+subprocess (libtpu reads the accelerator type from the environment once)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("libtpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 1024**3
+
+# Runs in a subprocess: aot.run on a small SFT config under several settings,
+# and the same Trainer step compiled directly, for its memory_analysis().
+SCRIPT = r'''
+import json, sys
+import jax
+from rlaif_jax import aot
+from rlaif_jax.config import load_config_file
+topology = sys.argv[1]
+
+def config(**over):
+  c = load_config_file("configs/sft.py:toy")
+  # activations (16 rows x 256 tokens per chip) outweigh the 0.6 M parameters
+  c.model.arch.update(d_model=128, n_layers=3, d_ff=256, vocab_size=512, max_seq_len=256)
+  c.data.update(max_prompt_len=200, max_response_len=56)
+  c.model.scan_layers = True
+  c.hardware.update(topology=topology, memory_gib_per_chip=16.0)
+  c.train.update(batch_size=64, grad_accum=1)
+  for k, v in over.items():
+    node, *path = k.split(".")
+    sec = c[node]
+    for p in path[:-1]:
+      sec = sec[p]
+    sec[path[-1]] = v
+  return c
+
+VARIANTS = {"base": {}, "double": {"train.batch_size": 128}, "full": {"model.remat": "full"}}
+out = {}
+for name in sys.argv[2].split(","):
+  out[name] = aot.run(config(**VARIANTS[name]))
+# memory_analysis() of the step compiled here, independently of aot.run's report
+c = config()
+mesh = aot.topology_mesh(topology, c.mesh)
+(low, _, _), = aot.train_programs(c, mesh).values()
+ma = low.compile().memory_analysis()
+out["direct"] = [ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.alias_size_in_bytes,
+                 ma.temp_size_in_bytes]
+print("RESULT " + json.dumps(out))
+'''
+
+
+def run_py(args, timeout=900):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)          # the TPU compiler takes no host-device flags
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+# v4 (8 megacore chips): the memory comparisons too; v5e (4 chips): the report only
+VARIANTS = {"v5e:2x2": "base", "v4:2x2x2": "base,double,full"}
+CHIPS = {"v5e:2x2": 4, "v4:2x2x2": 8}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def small(request):
+  p = run_py(["-c", SCRIPT, request.param, VARIANTS[request.param]])
+  assert p.returncode == 0, p.stderr[-3000:]
+  line = next(l for l in p.stdout.splitlines() if l.startswith("RESULT "))
+  return request.param, json.loads(line[len("RESULT "):])
+
+
+def test_small_model_compiles_and_reports_memory_analysis(small):
+  topology, out = small
+  base = out["base"]
+  assert base["topology"] == topology and base["stage"] == "sft" and base["fits"] is True
+  prog = base["programs"]["sft_train_step"]
+  mem = prog["memory_bytes"]
+  arg, outp, alias, temp = out["direct"]
+  assert [mem["arguments"], mem["outputs"], mem["aliases"], mem["temporaries"]] == out["direct"]
+  assert mem["total"] == arg + outp - alias + temp
+  assert prog["gib_per_device"] == round(mem["total"] / GIB, 3)
+  assert base["peak_gib_per_device"] == prog["gib_per_device"]
+  # the state is donated: the new state reuses the old one's buffers
+  assert alias > 0 and alias <= min(arg, outp)
+  # 4 chips, 3 layers, batch 64 x 256 tokens: matmul FLOPs per device near
+  # 6·N·tokens / chips plus attention's 12·L·T²·d per row
+  n_params = 3 * (4 * 128 * 64 + 3 * 128 * 256) + 2 * 512 * 128
+  approx = (6 * n_params * 256 + 12 * 3 * 256**2 * 64) * 64 / CHIPS[topology]
+  assert 0.7 * approx < prog["flops"] < 1.6 * approx, (prog["flops"], approx)
+  assert prog["compile_s"] > 0 and "all-reduce" in prog["collectives"]   # data-parallel grads
+
+
+def test_more_rows_raise_and_remat_lowers_temporaries(small):
+  topology, out = small
+  if "full" not in out:
+    pytest.skip(f"memory comparisons run on v4 only (this is {topology})")
+  temp = {k: out[k]["programs"]["sft_train_step"]["memory_bytes"]["temporaries"]
+          for k in ("base", "double", "full")}
+  assert temp["double"] > temp["base"]
+  assert temp["full"] < temp["base"]
+  # the same math recomputed: remat's FLOPs count is higher; twice the rows, twice the FLOPs
+  flops = {k: out[k]["programs"]["sft_train_step"]["flops"] for k in ("base", "double", "full")}
+  assert flops["full"] > flops["base"]
+  assert flops["double"] == pytest.approx(2 * flops["base"], rel=1e-6)
+
+
+def test_gemma_2b_sft_compiles_for_its_topology_with_scan():
+  p = run_py(["-m", "rlaif_jax.main", "--config=configs/sft.py:tldr", "--aot"])
+  assert p.returncode == 0, p.stderr[-3000:]
+  summary = json.loads(p.stdout.strip().splitlines()[-1])
+  assert summary["topology"] == "v4:2x2x2" and summary["fits"] is True
+  assert 1 < summary["peak_gib_per_device"] < 32
+  assert "--dry_run formula" in p.stdout and "compiler / formula" in p.stdout
+
+
+def test_llama_3_8b_without_fsdp_on_v4_16_is_refused_naming_the_levers():
+  p = run_py(["-m", "rlaif_jax.main", "--config=configs/sft.py:hh_helpful", "--aot",
+              "--config.hardware.topology=v4:2x2x2", "--config.hardware.chips=8",
+              "--config.mesh.fsdp=1", "--config.mesh.tensor=1", "--config.mesh.data=-1"])
+  assert p.returncode != 0
+  err = p.stderr.strip().splitlines()[-1]
+  assert err.startswith("error: sft does not fit v4:2x2x2"), err
+  for lever in ("model.remat", "train.grad_accum", "mesh.fsdp", "mesh.tensor"):
+    assert lever in err, err
