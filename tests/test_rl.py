@@ -348,3 +348,38 @@ def test_validate_refuses(overrides, match, mesh):
   rl.validate(toy_config(kl_coef=1.0, algorithm="ppo", minibatches=2), mesh)   # PPO: r − β·KL
   # 32 x 2 rows in 16 minibatches of 4: fine (32 rows alone would give minibatches of 2)
   rl.validate(toy_config(algorithm="rloo", group_size=2, minibatches=16), mesh)
+
+
+def test_grpo_with_the_direct_labeler_score(mesh, tmp_path):
+  """Direct RLAIF with GRPO – no reward model, no value model: each prompt is
+  answered twice (consecutive rows), the labeler scores every decoded response,
+  the score alone lands on the last real token (GRPO's KL is a loss term) and
+  each response's advantage is its group-normalised score on every real token."""
+  c = toy_config(algorithm="grpo", group_size=2, reward="labeler", missing_eos_penalty=0.0,
+                 temperature=1.0)
+  with c.unlocked():
+    c.train.update(batch_size=16, eval_batches=1)
+    c.rl.labeler.model.arch.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
+                                   d_ff=64, max_seq_len=1024)
+    c.rl.labeler.update(batch_size=8, bucket=64, max_context_tokens=128)
+    c.rl.labeler.model.random_init = True
+  lrn = learner(c, tmp_path, mesh)
+  model = lrn.trainer.model()
+  assert model.value is None and model.value_head is None
+  prompts = lrn.validation_prompts()[0]
+  ro = lrn.rollout(prompts, 0, rl.RolloutState(iter(()), c.rl.kl_coef))
+  assert len(ro["tokens"]) == 2 * len(prompts["prompt"])
+  assert ro["prompts"] == [p for p in prompts["prompt"] for _ in range(2)]
+  labeler = lrn.reward.fn.__self__
+  np.testing.assert_array_equal(ro["raw"], labeler.reward_fn(ro["prompts"], ro["responses"]))
+  score, m, n = ro["score"].astype(np.float64), ro["response_mask"], ro["lengths"]
+  want = np.zeros(m.shape)
+  want[np.arange(len(n)), n - 1] = score
+  np.testing.assert_allclose(ro["rewards"], want, rtol=1e-6, atol=1e-7)
+  g = score.reshape(-1, 2)
+  adv = ((g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)).ravel()
+  # float32 differences of nearly equal scores: ~1e-5 absolute
+  np.testing.assert_allclose(ro["advantages"], np.where(m, adv[:, None], 0.0), atol=1e-4)
+  assert np.any(np.abs(adv) > 0.5)                # some pairs were scored differently
+  metrics = lrn.update(ro, 0)
+  assert np.isfinite(metrics["loss"]) and "kl_loss" in metrics and "value_loss" not in metrics
