@@ -25,6 +25,8 @@ from rlaif_jax.config import base_config
 from rlaif_jax.labeler.config import labeler_config
 
 
+VARIANTS = ("toy", "tldr_base", "tldr_detailed", "tldr_detailed_cot", "hh_helpful_cot", "hh_harmless_base")
+
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "label"
@@ -54,8 +56,7 @@ def get_config(variant: str = "toy"):
     data.hh_subset = "harmless-base" if harmless else "helpful-base"
     data.split = "test"
   else:
-    raise ValueError(f"unknown label variant {variant!r}: use toy, tldr_base, tldr_detailed, "
-                     "tldr_detailed_cot, hh_helpful_cot or hh_harmless_base")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   if variant != "toy":
     lab.model.tokenizer = ""     # required: a local HF tokenizer directory
     lab.model.checkpoint = ""    # required: a local HF checkpoint directory
@@ -64,8 +65,9 @@ def get_config(variant: str = "toy"):
     lab.model.preset = "gemma-7b"
     lab.chat = "gemma"             # gemma-7b-it's turns; the end of turn stops a rationale
     lab.model.dtype = "bfloat16"
+    lab.model.scan_layers = True   # one layer compiled, not 28
     lab.mesh.update(devices=8, data=1, fsdp=-1, tensor=1)
-    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0)
+    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0, topology="v4:2x2x2")
     data.max_prompt_len = 1024
     data.max_response_len = 128
   return c

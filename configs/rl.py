@@ -22,6 +22,8 @@ from rlaif_jax.config import base_config, paper_scale, toy_scale
 from rlaif_jax.labeler.config import labeler_config
 
 
+VARIANTS = ("toy", "tldr_distilled", "tldr_direct")
+
 def rl_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       algorithm="reinforce_baseline",  # the paper's | ppo | grpo | rloo (rl_algorithms.py)
@@ -85,7 +87,7 @@ def get_config(variant: str = "toy"):
   elif variant in ("tldr_distilled", "tldr_direct"):
     paper_scale(c, "tldr")       # Gemma-2B policy, value, reference and RM on a
                                  # TPU v5p-8 (4 chips of 95 GiB)
-    c.hardware.update(name="TPU v5p-8", chips=4, memory_gib_per_chip=95.0)
+    c.hardware.update(name="TPU v5p-8", chips=4, memory_gib_per_chip=95.0, topology="v5p:2x2x1")
     c.model.checkpoint = ""      # required: the SFT policy (<sft workdir>/model or a HF dir)
     c.data.source = "tldr"       # rollout prompts: TL;DR training posts
     # The paper: temperature 0.9, β = 0.05, batch 128, lr 1e-5 (Adafactor), 8 epochs.
@@ -98,9 +100,10 @@ def get_config(variant: str = "toy"):
       c.rl.reward = "labeler"
       c.rl.labeler.update(task="summarization")
       c.rl.labeler.model.tokenizer = ""   # required: the labeler's tokenizer and checkpoint
+      c.rl.labeler.model.scan_layers = True
       c.rl.labeler.model.preset = "gemma-2b"   # the paper: a labeler the policy's size
       c.rl.labeler.model.dtype = "bfloat16"
       c.rl.labeler.mesh.update(devices=4, data=1, fsdp=-1, tensor=1)
   else:
-    raise ValueError(f"unknown rl variant {variant!r}: use toy, tldr_distilled or tldr_direct")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   return c
