@@ -23,20 +23,27 @@ from typing import Any, Iterable
 from etils import epath
 
 
+_FILE = "file://"
+
+
 def is_url(p) -> bool:
-  return "://" in os.fspath(p)
+  """A remote URL (gs://, s3://, ...); file:// URLs name local files."""
+  s = os.fspath(p)
+  return "://" in s and not s.startswith(_FILE)
 
 
 def path(p) -> epath.Path:
   s = os.fspath(p)
-  if s.startswith("file://"):
-    s = s[len("file://"):]
+  if s.startswith(_FILE):
+    s = s[len(_FILE):]
   return epath.Path(s if is_url(s) else os.path.abspath(s))
 
 
 def join(p, *parts: str) -> str:
-  """`os.path.join` for local paths and URLs alike; returns a string."""
-  return os.fspath(path(p).joinpath(*parts))
+  """`os.path.join` for local paths and URLs alike; returns a string (a file://
+  URL stays one, so that what is derived from it is still read through here)."""
+  s = os.fspath(p)
+  return (_FILE if s.startswith(_FILE) else "") + os.fspath(path(s).joinpath(*parts))
 
 
 def exists(p) -> bool:
@@ -123,21 +130,31 @@ def upload_dir(local_dir: str, dst, last: tuple[str, ...] = ()) -> None:
       write_bytes_atomic(path(dst).joinpath(*parts), f.read())
 
 
+def walk_files(p) -> list[tuple[str, epath.Path]]:
+  """Every file under directory `p` (local or URL): (its path relative to `p`,
+  "/"-separated; the file). Use it rather than `epath.Path.walk`, whose
+  directories come without the gs:// prefix (joined onto, they name local files)."""
+  root = path(p)
+  base = os.fspath(root).split("://", 1)[-1].rstrip("/")
+  out = []
+  for d, _, files in root.walk():
+    rel = os.fspath(d).split("://", 1)[-1].rstrip("/")[len(base):].strip("/")
+    parts = rel.split("/") if rel else []
+    out += [("/".join(parts + [n]), root.joinpath(*parts, n)) for n in files]
+  return out
+
+
 def download_dir(src, local_dir: str) -> None:
   """Copies every file under `src` (local or URL) into `local_dir`, made whole
   under a temporary name first (concurrent callers: one of them wins, same files)."""
   import shutil
-  src = path(src)
   tmp = f"{local_dir}.{os.getpid()}.tmp"
-  base = os.fspath(src).split("://", 1)[-1]
-  for root, _, files in src.walk():
-    # fsspec's walk names directories without the gs:// prefix
-    rel = os.path.relpath(os.fspath(root).split("://", 1)[-1], base)
-    parts = [] if rel == "." else rel.split("/")
-    os.makedirs(os.path.join(tmp, *parts), exist_ok=True)
-    for name in files:
-      with open(os.path.join(tmp, *parts, name), "wb") as f:
-        f.write(src.joinpath(*parts, name).read_bytes())
+  os.makedirs(tmp, exist_ok=True)
+  for rel, f in walk_files(src):
+    dst = os.path.join(tmp, *rel.split("/"))
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(dst, "wb") as out:
+      out.write(f.read_bytes())
   os.makedirs(os.path.dirname(local_dir), exist_ok=True)
   try:
     os.replace(tmp, local_dir)

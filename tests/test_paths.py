@@ -35,6 +35,11 @@ def test_paths_local_file_url_and_gs_url(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert os.fspath(paths.path("rel/x")) == os.path.join(str(tmp_path), "rel", "x")
   assert os.fspath(paths.path(f"file://{tmp_path}/y")) == f"{tmp_path}/y"
+  # a file:// URL stays one when joined (what is derived from it still goes
+  # through the I/O layer), and is local for everything else
+  assert paths.join(f"file://{tmp_path}", "a", "b") == f"file://{tmp_path}/a/b"
+  assert not paths.is_url(f"file://{tmp_path}") and paths.is_url("gs://b/x")
+  assert paths.local_dir(f"file://{tmp_path}") == str(tmp_path)
   assert paths.join("gs://bucket/w", "sft", "DONE") == "gs://bucket/w/sft/DONE"
   # os.path.join would have been fine here, but `path` must not make a URL
   # absolute (that is how a local "gs:" directory comes about)
@@ -53,3 +58,13 @@ def test_copy_upload_dir_and_local_dir(tmp_path):
   paths.copy(tmp_path / "dst" / "a.txt", tmp_path / "c" / "a2.txt")
   assert (tmp_path / "c" / "a2.txt").read_text() == "A"
   assert paths.local_dir(str(src)) == str(src)   # a local directory is used in place
+
+
+def test_walk_files_names_files_relative_to_the_root(tmp_path):
+  (tmp_path / "d" / "sub" / "deeper").mkdir(parents=True)
+  for rel in ("a", "sub/b", "sub/deeper/c"):
+    (tmp_path / "d" / rel).write_text(rel)
+  found = sorted((rel, f.read_text()) for rel, f in paths.walk_files(tmp_path / "d"))
+  assert found == [("a", "a"), ("sub/b", "sub/b"), ("sub/deeper/c", "sub/deeper/c")]
+  paths.download_dir(tmp_path / "d", str(tmp_path / "copy"))
+  assert (tmp_path / "copy" / "sub" / "deeper" / "c").read_text() == "sub/deeper/c"

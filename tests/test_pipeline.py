@@ -31,9 +31,17 @@ def _config():
 
 
 def test_pipeline_end_to_end_and_resume(tmp_path, monkeypatch):
+  """The workdir is given as a file:// URL, which the I/O layer (rlaif_jax.paths)
+  maps to the local disk: an artifact written past it, with os/open, would land
+  in a local "file:" directory under the working directory instead."""
   c = _config()
   mesh = make_mesh(c.mesh, jax.devices()[:1])
-  out = pipeline.run(c, str(tmp_path), mesh)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  workdir, tmp_path = f"file://{tmp_path}/w", tmp_path / "w"
+  out = pipeline.run(c, workdir, mesh)
+  assert os.listdir(cwd) == []            # every artifact went through the I/O layer
   for stage in STAGES:
     assert os.path.exists(tmp_path / stage / "DONE"), stage
   rep = json.loads((tmp_path / "report.json").read_text())
@@ -65,6 +73,6 @@ def test_pipeline_end_to_end_and_resume(tmp_path, monkeypatch):
   monkeypatch.setattr(world_data, "labeler_rows", boom)
   monkeypatch.setattr(pipeline, "sample_pairs", boom)
   done = {s: (tmp_path / s / "DONE").read_text() for s in STAGES}
-  again = pipeline.run(c, str(tmp_path), mesh)
+  again = pipeline.run(c, workdir, mesh)
   assert {s: (tmp_path / s / "DONE").read_text() for s in STAGES} == done
   assert again["win_rate/rlaif_vs_sft"] == out["win_rate/rlaif_vs_sft"]

@@ -18,7 +18,7 @@ import logging
 import math
 from typing import Any, Iterator
 
-from etils import epath
+from rlaif_jax import paths
 
 
 class BadRecordError(ValueError):
@@ -57,7 +57,7 @@ def read_json_lines(path) -> Iterator[tuple[str, Any]]:
   reported at its own line. A yielded value is a `BadRecordError` (not raised)
   when the line is unusable, so callers decide between raising and skipping.
   """
-  path = epath.Path(path)
+  path = paths.path(path)        # local, file:// or gs:// alike
   with path.open("rb") as raw:
     f = gzip.open(raw) if str(path).endswith(".gz") else raw
     for lineno, line in enumerate(f, start=1):

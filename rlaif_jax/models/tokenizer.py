@@ -12,6 +12,8 @@ import os
 
 import transformers
 
+from rlaif_jax import paths
+
 BYTE_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
 
@@ -45,9 +47,12 @@ def _byte_of(ch: str) -> int:
 
 
 def load_tokenizer(spec: str):
-  """"byte" or a local directory holding a Hugging Face tokenizer."""
+  """"byte" or a directory holding a Hugging Face tokenizer (local, or a gs:// URL:
+  transformers reads local files only, so its files are fetched first)."""
   if spec == "byte":
     return byte_tokenizer()
+  if paths.exists(spec):
+    spec = paths.local_dir(spec)
   if not os.path.isdir(spec):
     raise FileNotFoundError(
         f"tokenizer {spec!r}: not a local directory (nothing is downloaded); "
