@@ -16,6 +16,8 @@ import ml_collections
 from rlaif_jax.config import base_config, paper_scale, toy_scale
 
 
+VARIANTS = ("toy", "tldr")
+
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "dpo"
@@ -32,5 +34,5 @@ def get_config(variant: str = "toy"):
     c.train.update(batch_size=64, steps=2000, optimizer="adafactor", lr=1e-6,
                    warmup_steps=150, schedule="constant", checkpoint_every=200)
   else:
-    raise ValueError(f"unknown dpo variant {variant!r}: use toy or tldr")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   return c

@@ -20,6 +20,8 @@ from rlaif_jax.labeler.config import labeler_config
 POLICIES = ("sft", "rlaif", "rlhf", "direct_rlaif", "dpo")
 
 
+VARIANTS = ("demo", "tldr")
+
 def get_config(variant: str = "demo"):
   c = base_config()
   c.stage = "eval"
@@ -43,5 +45,5 @@ def get_config(variant: str = "demo"):
     c.data.max_prompt_len = 1024
     c.data.max_response_len = 128
   else:
-    raise ValueError(f"unknown eval variant {variant!r}: use demo or tldr")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   return c

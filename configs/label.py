@@ -25,7 +25,8 @@ from rlaif_jax.config import base_config
 from rlaif_jax.labeler.config import labeler_config
 
 
-VARIANTS = ("toy", "tldr_base", "tldr_detailed", "tldr_detailed_cot", "hh_helpful_cot", "hh_harmless_base")
+VARIANTS = ("toy", "tldr_base", "tldr_detailed", "tldr_detailed_cot", "hh_helpful_cot",
+            "hh_harmless_base")
 
 def get_config(variant: str = "toy"):
   c = base_config()

@@ -35,9 +35,12 @@ def _train(steps, batch_size, lr, **kw):
   return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, lr=lr, **kw))
 
 
+VARIANTS = ("demo", "tiny")
+
+
 def get_config(variant: str = "demo"):
-  if variant not in ("demo", "tiny"):
-    raise ValueError(f"unknown pipeline variant {variant!r}: use demo or tiny")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   tiny = variant == "tiny"
   c = base_config()
   c.stage = "pipeline"

@@ -12,6 +12,8 @@
 from rlaif_jax.config import base_config, paper_scale, toy_scale
 
 
+VARIANTS = ("toy", "tldr", "hh_helpful", "hh_harmless")
+
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "rm"
@@ -20,7 +22,7 @@ def get_config(variant: str = "toy"):
     toy_scale(c, steps=200)
     return c
   if variant not in ("tldr", "hh_helpful", "hh_harmless"):
-    raise ValueError(f"unknown rm variant {variant!r}: use toy, tldr, hh_helpful or hh_harmless")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   paper_scale(c, variant)
   c.data.source = "jsonl"              # AI-labelled pairs written by the label stage
   c.data.jsonl_path = ""

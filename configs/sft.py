@@ -1,7 +1,7 @@
 """SFT stage. Variants:
 
   toy          – the embedded default's SFT: a tiny Llama-style model learns three
-                 string tasks (rlaif_jax/demo/toy.py), byte tokenizer, CPU mesh.
+                 string tasks (rlaif_jax/data/toy.py), byte tokenizer, CPU mesh.
   tldr         – the paper's summarization SFT on Reddit TL;DR: Gemma-2B policy
                  on a TPU v4-16 (8 chips), FSDP over all chips.
   hh_helpful   – SFT on Anthropic HH helpful-base chosen responses, Llama-3-8B on
@@ -16,6 +16,8 @@ Check memory first on any machine: --dry_run.
 from rlaif_jax.config import base_config, paper_scale, toy_scale
 
 
+VARIANTS = ("toy", "tldr", "hh_helpful", "hh_harmless")
+
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "sft"
@@ -23,7 +25,7 @@ def get_config(variant: str = "toy"):
     toy_scale(c, steps=150, lr=3e-3)
     return c
   if variant not in ("tldr", "hh_helpful", "hh_harmless"):
-    raise ValueError(f"unknown sft variant {variant!r}: use toy, tldr, hh_helpful or hh_harmless")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   paper_scale(c, variant)
   c.train.update(steps=1000, export_hf=True)     # ~1 epoch of TL;DR at batch 128
   return c

@@ -12,20 +12,14 @@ import dataclasses
 import difflib
 import importlib.util
 import math
+import os
 import re
 import sys
 
 import ml_collections
 
-from rlaif_jax.models.config import ModelConfig
-
-
-class ConfigError(ValueError):
-  """A config problem a user fixes by changing a value; printed as one line."""
-
-
-# ModelConfig fields set in `config.model` itself: layout and memory, not architecture.
-LAYOUT = ("scan_layers", "remat")
+from rlaif_jax.errors import ConfigError  # noqa: F401 (re-exported: rlaif_jax.config.ConfigError)
+from rlaif_jax.models.config import LAYOUT, ModelConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -86,7 +80,7 @@ def _data_config() -> ml_collections.ConfigDict:
 
 def toy_scale(c, **train) -> None:
   """The CPU-sized toy variants: a tiny Llama-style model on the toy tasks
-  (rlaif_jax/demo/toy.py) with the byte tokenizer; `train` overrides."""
+  (rlaif_jax/data/toy.py) with the byte tokenizer; `train` overrides."""
   c.model.arch.update(vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                       head_dim=16, d_ff=192, max_seq_len=64)
   c.data.source = "toy"
@@ -169,34 +163,23 @@ def validate(config, n_devices: int) -> None:
       raise ConfigError(f"model.arch.head_dim={a.head_dim} must be even (RoPE rotates pairs)")
 
 
-def model_config(config, **overrides) -> ModelConfig:
-  """ModelConfig for a from-scratch model (`model.preset` if set, else `model.arch`)."""
-  overrides = {**layout_overrides(config.model), **overrides}
-  if config.model.get("preset"):
-    from rlaif_jax.models.presets import preset
-    return preset(config.model.preset, dtype=config.model.dtype, **overrides)
-  return ModelConfig(**config.model.arch.to_dict(), dtype=config.model.dtype, **overrides)
-
-
-def layout_overrides(model_section) -> dict:
-  """`scan_layers` / `remat` of a config's model section (a labeler's too),
-  for ModelConfig: they apply to checkpoints of any layout."""
-  return {k: model_section[k] for k in LAYOUT if k in model_section}
-
-
 # ------------------------------------------------------------ command line
 
 _OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
 
 
 def load_config_file(spec: str):
-  """`path.py[:arg]` -> ConfigDict, as ml_collections' config_flags reads it."""
+  """`path.py[:variant]` -> ConfigDict, as ml_collections' config_flags reads it;
+  a variant outside the file's `VARIANTS` is a ConfigError naming the known ones."""
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_rlaif_config", path)
-  if module_spec is None:
+  if module_spec is None or not os.path.isfile(path):
     raise ConfigError(f"--config={spec}: cannot read {path}")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  known = getattr(module, "VARIANTS", None)
+  if arg and known is not None and arg not in known:
+    raise ConfigError(f"unknown variant {arg!r} of {path}; known: {', '.join(known)}")
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -241,8 +224,10 @@ def parse_flags(argv, flag_values) -> None:
     if spec:
       try:
         msg = unknown_override_message(load_config_file(spec), argv)
-      except Exception:  # the file itself is broken: the original error says why
-        msg = None
+      except ConfigError as bad:     # an unknown variant, an unreadable file
+        msg = str(bad)
+      except Exception as bad:       # the file's own error, not absl's wrapper around it
+        msg = f"--config={spec}: {type(bad).__name__}: {bad}".splitlines()[0]
     if msg is None:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     sys.exit(f"error: {msg}")

@@ -21,14 +21,15 @@ It prints the parameter count, the per-device total against
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
+from rlaif_jax import paths
 from rlaif_jax.mesh import MESH_AXES, logical_to_spec, resolve_mesh_shape
+from rlaif_jax.models.build import resolve
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.sharding import abstract_model
 from rlaif_jax.models.transformer import ScalarModel, Transformer
@@ -45,21 +46,12 @@ MODELS = {
 }
 
 
-def model_config_for(mcfg, dtype: str) -> ModelConfig:
-  """The architecture a config names: a local checkpoint's config.json, a preset, or arch."""
-  path = mcfg.checkpoint
-  if path and os.path.exists(os.path.join(path, "config.json")):
-    from rlaif_jax.models.hf import read_hf_config
-    return read_hf_config(path, dtype=dtype)
-  if path and os.path.exists(os.path.join(path, "model_config.json")):
-    from rlaif_jax.models import store
-    return ModelConfig(**{**store.read_meta(path)["model"], "dtype": dtype})
-  if mcfg.get("preset"):
-    from rlaif_jax.models.presets import preset
-    return preset(mcfg.preset, dtype=dtype)
-  arch = mcfg.arch.to_dict()
-  arch["vocab_size"] = arch["vocab_size"] or 320
-  return ModelConfig(**arch, dtype=dtype)
+def model_config_for(mcfg, dtype: str | None = None) -> ModelConfig:
+  """The architecture a model section names (`models.build.resolve`, with its
+  dtype and layout); a checkpoint that is not on this machine (it lives on the
+  TPU hosts) counts as absent, so its preset or arch is sized instead."""
+  path = mcfg.get("checkpoint", "")
+  return resolve(mcfg, dtype=dtype, checkpoint=path if path and paths.exists(path) else "")
 
 
 def _shard_elems(shape, spec, mesh) -> int:
@@ -106,13 +98,13 @@ def _labeler(config, n_devices: int):
   """The labeler's architecture and (sub-)mesh: its first `labeler.mesh.devices`."""
   lab = config.labeler if config.stage == "label" else config.rl.labeler
   mesh = _mesh(lab.mesh, lab.mesh.devices or n_devices)
-  return model_config_for(lab.model, lab.model.dtype), mesh, lab
+  return model_config_for(lab.model), mesh, lab
 
 
 def estimate(config, n_devices: int) -> dict:
   stage = config.stage if config.stage in MODELS else "sft"
   mesh = _mesh(config.mesh, n_devices)
-  cfg = model_config_for(config.model, config.model.dtype)
+  cfg = model_config_for(config.model)
   direct = stage == "rl" and config.rl.get("reward") == "labeler"
   if stage == "label" or direct:
     lab_cfg, lab_mesh, lab = _labeler(config, n_devices)

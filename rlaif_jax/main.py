@@ -34,7 +34,8 @@ def define_flags():
                     "refuses a config that does not fit")
 
 
-# stage -> module with `run(config, workdir, mesh) -> dict`
+# stage -> module with `run(config, workdir, mesh) -> dict` and `validate(config, mesh)`,
+# which main calls with the abstract mesh (shapes, no devices) before building it
 STAGES = {
     "sft": "rlaif_jax.learners.sft",
     "rm": "rlaif_jax.learners.reward",
@@ -53,7 +54,7 @@ def run_stage(config, workdir: str, dry_run: bool = False, aot: bool = False) ->
 
   from rlaif_jax import config as cfglib
   from rlaif_jax import paths
-  from rlaif_jax.mesh import make_mesh
+  from rlaif_jax.mesh import abstract_mesh, make_mesh
 
   if config.stage not in STAGES:
     raise cfglib.ConfigError(f"stage={config.stage!r}: known stages are {sorted(STAGES)}")
@@ -70,13 +71,16 @@ def run_stage(config, workdir: str, dry_run: bool = False, aot: bool = False) ->
     return {"total_gib_per_device": est["total_bytes_per_device"] / 2**30,
             "fits": est["fits"] if est["fits"] is not None else "no budget set"}
   cfglib.validate(config, jax.device_count())
+  stage = importlib.import_module(STAGES[config.stage])
+  if hasattr(stage, "validate"):   # the stage's own sections, against the mesh's shape
+    stage.validate(config, abstract_mesh(config.mesh, jax.device_count()))
   mesh = make_mesh(config.mesh)
   logging.info("stage %s on mesh %s", config.stage, cfglib.describe_mesh(tuple(mesh.shape.values())))
   root = paths.path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (root / f"config_{config.stage}.json").write_text(config.to_json_best_effort(indent=2))
-  return importlib.import_module(STAGES[config.stage]).run(config, workdir, mesh)
+  return stage.run(config, workdir, mesh)
 
 
 def main(argv=None) -> int:

@@ -86,6 +86,13 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+def abstract_mesh(mesh_cfg, n_devices: int) -> jax.sharding.AbstractMesh:
+  """The mesh `make_mesh` would build on `n_devices`, as shapes only (no devices):
+  what a stage's `validate` checks batch sizes against before anything runs."""
+  shape = resolve_mesh_shape((mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor), n_devices)
+  return jax.sharding.AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 

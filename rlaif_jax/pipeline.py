@@ -80,11 +80,11 @@ def labeler_cfg(config, paths, labeler_dir):
 def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
   """Two samples of the SFT policy per post. Held-out pairs get one oracle vote."""
   from rlaif_jax.eval.generate import generate
-  from rlaif_jax.learners.common import policy_model
+  from rlaif_jax.models.build import build
   from rlaif_jax.models.tokenizer import load_tokenizer
   w = config.world
   tok = load_tokenizer(paths["tokenizer"])
-  model = policy_model(config, mesh, tok, checkpoint=sft_model_dir)
+  model = build(config.model, mesh, "lm", tok, config.seed, checkpoint=sft_model_dir)
   prompts = [r["prompt"] for r in io.read_jsonl(paths["prompts_train"])]
   if len(prompts) < w.n_pairs + w.heldout_pairs:
     raise ValueError(f"world.n_prompts={len(prompts)} < world.n_pairs + world.heldout_pairs")

@@ -148,7 +148,7 @@ def test_toy_write_survives_a_concurrent_writer(tmp_path, monkeypatch):
   and its peers then died at their first collective)."""
   from etils import epath
 
-  from rlaif_jax.demo import toy
+  from rlaif_jax.data import toy
   first = toy.write(str(tmp_path), "pairs", n_train=20, n_valid=5)
   before = epath.Path(first["train"]).read_text()
   monkeypatch.setattr(type(epath.Path(first["train"])), "exists", lambda self: False)  # lost the race

@@ -179,23 +179,25 @@ def test_one_sgd_step_moves_toward_labeled_response(tmp_path, mesh):
 def test_precomputed_reference_gives_the_same_training(tmp_path, mesh):
   """The whole-data-set cache (50 pairs, batches of 16 straddling epochs) gives the
   same losses and parameters as reference log-probs computed in the step."""
-  from rlaif_jax.demo import toy
-  from rlaif_jax.learners import common
+  from rlaif_jax.data import toy
+  from rlaif_jax.data.batches import data_iterator
+  from rlaif_jax.models.build import build
+  from rlaif_jax.models.tokenizer import load_tokenizer
   c = config(batch_size=16, steps=4, grad_accum=2)
   path = tmp_path / "pairs.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in toy.pairs(50, seed=3, soft=0.8)))
   c.data.update(source="jsonl", jsonl_path=str(path))
   c.model.arch.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64)
-  tok = common.tokenizer(c)
-  model_a = common.policy_model(c, mesh, tok)
-  model_b = common.policy_model(c, mesh, tok)
+  tok = load_tokenizer(c.model.tokenizer)
+  model_a = build(c.model, mesh, "lm", tok, c.seed)
+  model_b = build(c.model, mesh, "lm", tok, c.seed)
   in_step = dpo.make_trainer(c, str(tmp_path / "a"), mesh, model_a)
   cached = dpo.make_trainer(c, str(tmp_path / "b"), mesh, model_b)
   cache = dpo.reference_cache(c, tok, mesh, cached.graphdef, cached.frozen)
   assert len(cache) == 50
   cached.frozen = None          # the cached mode must not need it any more
-  it_a = common.data_iterator(c, tok, "pairs")
-  it_b = dpo.WithReference(common.data_iterator(c, tok, "pairs"), cache)
+  it_a = data_iterator(c, tok, "pairs")
+  it_b = dpo.WithReference(data_iterator(c, tok, "pairs"), cache)
   for _ in range(4):               # 64 rows > 50: a second, reshuffled epoch
     ma, mb = in_step.step(next(it_a)), cached.step(next(it_b))
     for k in ("loss", "accuracy", "reward_margin", "chosen_drift", "rejected_drift"):

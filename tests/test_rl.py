@@ -16,8 +16,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rlaif_jax.config import load_config_file
-from rlaif_jax.learners import common, rl
+from rlaif_jax.data.batches import data_iterator, prepare_data
+from rlaif_jax.learners import rl
 from rlaif_jax.learners.metrics import read_jsonl
+from rlaif_jax.models.tokenizer import load_tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGET = "rlaif_jax.learners.rl_rewards:lowercase_fraction"
@@ -33,8 +35,8 @@ def toy_config(**rl_overrides):
 
 def learner(c, workdir, mesh):
   rl.validate(c, mesh)
-  common.prepare_data(c, str(workdir), kind="sft")
-  tok = common.tokenizer(c)
+  prepare_data(c, str(workdir), kind="sft")
+  tok = load_tokenizer(c.model.tokenizer)
   return rl.RLLearner(c, str(workdir), mesh, tok, rl.build_models(c, mesh, tok),
                       rl.make_reward(c, mesh))
 
@@ -83,7 +85,7 @@ def test_direct_labeler_reward_and_eos_in_rollouts(mesh, tmp_path):
     c.rl.labeler.update(batch_size=8, bucket=64, max_context_tokens=128)
     c.rl.labeler.model.random_init = True    # a from-scratch labeler, asked for
   lrn = learner(c, tmp_path, mesh)
-  state = rl.RolloutState(common.data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
+  state = rl.RolloutState(data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
   ro = lrn.rollout(next(state), 0, state)
   labeler = lrn.reward.fn.__self__
   decoded = [lrn.tok.decode(t[:n], skip_special_tokens=True)
@@ -123,7 +125,7 @@ def test_validation_reward_keeps_the_best_policy(mesh, tmp_path):
   assert result["best_iteration"] == best_step and result["best_eval_reward"] == evals[best_step]
 
   batch = lrn.validation_prompts()[0]
-  policy = store.load_any(str(tmp_path / "best_model"), mesh, "lm")
+  policy = store.load(str(tmp_path / "best_model"), mesh, "lm")
   out = Sampler(policy, mesh, eos_id=lrn.tok.eos_token_id, pad_id=lrn.tok.pad_token_id,
                 tokenizer=lrn.tok)(batch["prompt_tokens"], batch["prompt_mask"],
                                    SamplingConfig(max_new_tokens=lrn.n_new))
@@ -234,7 +236,7 @@ def test_learner_logprobs_are_tempered_and_first_ratio_is_one(mesh, tmp_path):
   c = toy_config(algorithm="ppo", minibatches=1, ppo_epochs=1, shared_value_head=True,
                  temperature=T)
   lrn = learner(c, tmp_path, mesh)
-  state = rl.RolloutState(common.data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
+  state = rl.RolloutState(data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
   ro = lrn.rollout(next(state), 0, state)
   policy = lrn.trainer.model().policy
   n_new, m = lrn.n_new, ro["response_mask"]
@@ -272,7 +274,7 @@ def test_epochs_use_every_row_once_with_the_rollouts_old_values(mesh, tmp_path):
   c = toy_config(algorithm="ppo", minibatches=2, ppo_epochs=2, shared_value_head=True,
                  temperature=0.8)
   lrn = learner(c, tmp_path, mesh)
-  state = rl.RolloutState(common.data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
+  state = rl.RolloutState(data_iterator(c, lrn.tok, "prompts"), c.rl.kl_coef)
   ro = lrn.rollout(next(state), 0, state)
   seen, step = [], lrn.trainer.step
   lrn.trainer.step = lambda batch: (seen.append({k: np.array(v) for k, v in batch.items()}),

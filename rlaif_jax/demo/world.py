@@ -66,6 +66,13 @@ TAU = 0.5            # rater temperature of the Bradley–Terry preference
 INVENT_COST = 2.0
 WORD_COST = 0.1
 
+# The demo labeler's preambles (world_data's prompts; the world tokenizer knows
+# their words): short, because every token of a prompt costs CPU time in its
+# pre-training; the rest of each prompt is the built-in summarization
+# template's ("Text - ...", "Summary 1 - ...", "Preferred Summary=", "SCORE: ").
+PAIR_PREAMBLE = "Which summary of the text is better ? Answer 1 or 2 ."
+DIRECT_PREAMBLE = "Rate the summary of the text from 1 to 10 ."
+
 _KEY = re.compile(r"\bmy (\w+) (\w+) my (\w+)\b")
 
 

@@ -27,6 +27,7 @@ import random
 
 from rlaif_jax import paths as io
 from rlaif_jax.demo import world, world_tokenizer
+from rlaif_jax.demo.world import DIRECT_PREAMBLE, PAIR_PREAMBLE
 from rlaif_jax.labeler import prompts as P
 
 # Seed offsets keep the files' posts apart.
@@ -55,13 +56,6 @@ def pairwise_prompt(template: P.Template, post: str, first: str, second: str) ->
 def direct_prompt(template: P.DirectTemplate, post: str, summary: str) -> str:
   return (P.prefix_text(template.preamble) +
           template.sample.format(context=post, response=summary.strip()) + template.ending)
-
-
-# The demo labeler's preambles: short, because every token of a prompt costs CPU
-# time in its pre-training; the rest of each prompt is the built-in summarization
-# template's ("Text - ...", "Summary 1 - ...", "Preferred Summary=", "SCORE: ").
-PAIR_PREAMBLE = "Which summary of the text is better ? Answer 1 or 2 ."
-DIRECT_PREAMBLE = "Rate the summary of the text from 1 to 10 ."
 
 
 def labeler_templates() -> tuple[P.Template, P.DirectTemplate]:

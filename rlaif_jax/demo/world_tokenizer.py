@@ -58,8 +58,8 @@ def corpus(n_posts: int = 3000, seed: int = 0) -> list[str]:
     texts += [t.preamble, t.sample, t.ending, t.cot_ending, *t.options]
   for t in P.DIRECT.values():
     texts += [t.preamble, t.sample, t.ending, *t.scores]
-  from rlaif_jax.demo.world_data import DIRECT_PREAMBLE, PAIR_PREAMBLE
-  texts += ["Summary 1 - ", "Rationale:", "SCORE:", "SCORE: ", PAIR_PREAMBLE, DIRECT_PREAMBLE]
+  texts += ["Summary 1 - ", "Rationale:", "SCORE:", "SCORE: ", world.PAIR_PREAMBLE,
+            world.DIRECT_PREAMBLE]
   return texts
 
 

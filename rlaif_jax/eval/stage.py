@@ -15,12 +15,14 @@ from __future__ import annotations
 from rlaif_jax import paths
 from rlaif_jax.config import ConfigError
 from rlaif_jax.eval import judges, metrics, report as report_lib
-from rlaif_jax.learners.common import policy_model
+from rlaif_jax.data.records import read_json_lines
+from rlaif_jax.eval.generate import generate
+from rlaif_jax.labeler.config import validate_labeler
+from rlaif_jax.models.build import build, check_model, checkpoint_format
 from rlaif_jax.models.tokenizer import load_tokenizer
 
 
 def policy_responses(config, policies: dict, prompts, references, mesh) -> dict:
-  from rlaif_jax.eval.generate import generate
   e = config.eval
   tok = load_tokenizer(config.model.tokenizer)
   out = {}
@@ -28,12 +30,35 @@ def policy_responses(config, policies: dict, prompts, references, mesh) -> dict:
     if name == "reference":
       out[name] = [r.strip() for r in references]
       continue
-    model = policy_model(config, mesh, tok, checkpoint=path)
+    model = build(config.model, mesh, "lm", tok, config.seed, checkpoint=path)
     out[name] = [r[0] for r in generate(
         model, tok, mesh, prompts, max_prompt_len=config.data.max_prompt_len,
         max_new_tokens=e.max_new_tokens or config.data.max_response_len,
         temperature=e.temperature, batch_size=e.batch_size, seed=config.seed)]
   return out
+
+
+JUDGES = ("oracle", "labeler")
+
+
+def validate(config, mesh) -> None:
+  """The eval stage's checks before any model or mesh exists."""
+  del mesh   # nothing here depends on the device layout
+  e = config.eval
+  if e.judge not in JUDGES:
+    raise ConfigError(f"eval.judge={e.judge!r}: use oracle (the demo world's) or labeler")
+  if not e.prompts_path:
+    raise ConfigError("eval.prompts_path is empty: a JSONL file of {\"prompt\"[, \"response\"]}")
+  if not paths.exists(e.prompts_path):
+    raise ConfigError(f"eval.prompts_path={e.prompts_path} does not exist")
+  check_model(config.model)
+  for name, path in e.policies.items():
+    if path:
+      checkpoint_format(path, f"eval.policies.{name}")
+  if e.rm_model:
+    checkpoint_format(e.rm_model, "eval.rm_model")
+  if e.judge == "labeler":
+    validate_labeler(e.labeler, "eval.labeler")
 
 
 def run(config, workdir: str, mesh) -> dict:
@@ -58,10 +83,8 @@ def run(config, workdir: str, mesh) -> dict:
                                quality_fn=quality)
   rep["judge"] = judge.name
   if e.rm_model and e.rm_pairs_path:
-    from rlaif_jax.data.records import read_json_lines
     tok = load_tokenizer(config.model.tokenizer)
-    from rlaif_jax.models import store
-    rm = store.load_any(e.rm_model, mesh, "scalar")
+    rm = build(config.model, mesh, "scalar", checkpoint=e.rm_model, dtype="float32")
     pairs = [v for _, v in read_json_lines(e.rm_pairs_path)]
     rep["rm_accuracy_human"] = metrics.rm_accuracy(
         rm, tok, mesh, pairs, max_prompt_len=config.data.max_prompt_len,

@@ -12,8 +12,14 @@ import dataclasses
 import jax
 import ml_collections
 
-from rlaif_jax.config import ConfigError
+from rlaif_jax.errors import ConfigError
+from rlaif_jax.labeler.prompts import (chat_template, direct_template, load_exemplars,
+                                       pairwise_template)
+from rlaif_jax.labeler.scorer import CotConfig, Labeler
+from rlaif_jax.mesh import make_mesh
+from rlaif_jax.models.build import build, check_model
 from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.models.tokenizer import load_tokenizer
 
 
 def labeler_config() -> ml_collections.ConfigDict:
@@ -59,36 +65,46 @@ def labeler_config() -> ml_collections.ConfigDict:
   return c
 
 
-def build_labeler(lcfg, seed: int = 0, devices=None):
-  """(Labeler, mesh) from a `labeler_config()`-shaped ConfigDict."""
-  from rlaif_jax.labeler.prompts import chat_template, load_exemplars
-  from rlaif_jax.labeler.scorer import CotConfig, Labeler
-  from rlaif_jax.mesh import make_mesh
-  from rlaif_jax.models.tokenizer import load_tokenizer
+def validate_labeler(lcfg, key: str = "labeler") -> None:
+  """Everything checkable of a labeler section before its model exists (one-line
+  ConfigErrors naming `key`, the section's place in the config)."""
+  _parts(lcfg, key)
 
+
+def _parts(lcfg, key: str):
+  """(template overrides, chat template, exemplars, CoT config), checked."""
   if not lcfg.model.checkpoint and not lcfg.model.random_init:
-    raise ConfigError("labeler.model.checkpoint is empty, so the labeler would judge with random "
+    raise ConfigError(f"{key}.model.checkpoint is empty, so the labeler would judge with random "
                       "weights; point it at a checkpoint directory (or set "
-                      "labeler.model.random_init=true for a from-scratch labeler, e.g. in tests)")
+                      f"{key}.model.random_init=true for a from-scratch labeler, e.g. in tests)")
+  check_model(lcfg.model, f"{key}.model")
   template = lcfg.template.to_dict()
   invert = template.pop("invert")
   if invert >= 0:                # -1 keeps the built-in choice (harmless asks for the worse)
     template["invert"] = bool(invert)
   cot = None
   try:
+    pairwise_template(lcfg.task, lcfg.preamble, template)
+    direct_template(lcfg.task, lcfg.direct_template.to_dict())
     chat = chat_template(lcfg.chat, lcfg.chat_template.to_dict())
     exemplars = load_exemplars(lcfg.exemplars_path, lcfg.num_shots) if lcfg.exemplars_path else ()
     if lcfg.cot:
       cot = CotConfig(max_tokens=lcfg.cot_max_tokens, samples=lcfg.self_consistency,
                       temperature=lcfg.cot_temperature, top_k=lcfg.cot_top_k)
   except (ValueError, OSError) as e:
-    raise ConfigError(f"labeler: {e}") from None
+    raise ConfigError(f"{key}: {e}") from None
+  return template, chat, exemplars, cot
+
+
+def build_labeler(lcfg, seed: int = 0, devices=None, key: str = "labeler"):
+  """(Labeler, mesh) from a `labeler_config()`-shaped ConfigDict found at `key`."""
+  template, chat, exemplars, cot = _parts(lcfg, key)
   devices = list(devices if devices is not None else jax.devices())
   if lcfg.mesh.devices:
     devices = devices[:lcfg.mesh.devices]
   mesh = make_mesh(lcfg.mesh, devices)
   tok = load_tokenizer(lcfg.model.tokenizer)
-  model = _model(lcfg, tok, mesh, seed)
+  model = build(lcfg.model, mesh, "lm", tok, seed)
   try:   # templates that do not fit the tokenizer, exemplars without rationales for CoT
     labeler = Labeler(model, tok, mesh, task=lcfg.task, preamble=lcfg.preamble,
                       template=template, direct_template=lcfg.direct_template.to_dict(),
@@ -96,12 +112,5 @@ def build_labeler(lcfg, seed: int = 0, devices=None):
                       bucket=lcfg.bucket, prefix_cache=lcfg.prefix_cache,
                       max_context_tokens=lcfg.max_context_tokens, seed=seed)
   except ValueError as e:
-    raise ConfigError(f"labeler: {e}") from None
+    raise ConfigError(f"{key}: {e}") from None
   return labeler, mesh
-
-
-def _model(lcfg, tok, mesh, seed):
-  from rlaif_jax.learners.common import policy_model
-  model = {k: v for k, v in lcfg.model.to_dict().items() if k != "random_init"}
-  shim = ml_collections.ConfigDict({"model": model, "seed": seed})
-  return policy_model(shim, mesh, tok)

@@ -43,6 +43,11 @@ from jax.experimental import multihost_utils
 
 from rlaif_jax import paths as io
 from rlaif_jax.config import ConfigError
+from rlaif_jax.data.batches import check_data, prepare_data
+from rlaif_jax.data.sources import open_source
+from rlaif_jax.labeler.config import build_labeler, validate_labeler
+from rlaif_jax.labeler.prompts import resolve_exemplars_path
+from rlaif_jax.labeler.report import alignment_report
 
 # labeler keys that say how the work is laid out, not what the labels are
 _LAYOUT = ("max_pairs", "mesh", "batch_size", "bucket", "prefix_cache")
@@ -95,7 +100,6 @@ def _examples_digest(source) -> tuple[str, list[str]]:
 
 
 def _fingerprint(config, data_digest: str) -> dict:
-  from rlaif_jax.labeler.prompts import resolve_exemplars_path
   lcfg = config.labeler
   labeler = {k: v for k, v in lcfg.to_dict().items() if k not in _LAYOUT}
   tokenizer = lcfg.model.tokenizer
@@ -165,12 +169,16 @@ def _row(example: dict, label: dict) -> dict:
   return row
 
 
-def run(config, workdir: str, mesh) -> dict:
-  from rlaif_jax.data.sources import open_source
-  from rlaif_jax.labeler.config import build_labeler
-  from rlaif_jax.labeler.report import alignment_report
-  from rlaif_jax.learners.common import prepare_data
+def validate(config, mesh) -> None:
+  """The label stage's checks before any model or mesh exists."""
+  del mesh  # the labeler has its own (sub-)mesh: config.labeler.mesh
+  check_data(config, "pairs")
+  validate_labeler(config.labeler)
+  if config.labeler.shard_size < 1:
+    raise ConfigError(f"labeler.shard_size={config.labeler.shard_size} must be >= 1")
 
+
+def run(config, workdir: str, mesh) -> dict:
   del mesh  # the labeler has its own (sub-)mesh: config.labeler.mesh
   lcfg = config.labeler
   prepare_data(config, workdir, "pairs")

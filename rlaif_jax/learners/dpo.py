@@ -35,11 +35,14 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.config import ConfigError
-from rlaif_jax.learners import common
+from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
 from rlaif_jax.learners.sft import next_token_logits, response_nll
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import store
+from rlaif_jax.models.build import build, check_model
+from rlaif_jax.models.sharding import copy_params
+from rlaif_jax.models.tokenizer import load_tokenizer
 
 PAIR_KEYS = ("tokens_a", "mask_a", "response_mask_a", "tokens_b", "mask_b", "response_mask_b")
 
@@ -120,12 +123,6 @@ def make_loss_fn(graphdef, beta: float, label_smoothing: float = 0.0):
 
 
 # ------------------------------------------------------------- the reference
-
-def copy_params(params):
-  """A separate, identically sharded copy (the trainer donates its own buffers)."""
-  shardings = jax.tree.map(lambda x: x.sharding, params)
-  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(params)
-
 
 def reference_logprobs(graphdef, ref_params, batch):
   """Reference (log π_ref(y_a), log π_ref(y_b)) under stop_gradient."""
@@ -252,7 +249,11 @@ def evaluate(graphdef, params, batches, refs, beta: float, label_smoothing: floa
 
 # ------------------------------------------------------------------ stage
 
-def validate(config) -> None:
+def validate(config, mesh) -> None:
+  """The DPO stage's checks before anything is built (`mesh` may be abstract)."""
+  del mesh   # nothing here depends on the device layout
+  check_model(config.model)
+  check_data(config, "pairs")
   d = config.dpo
   if not d.beta > 0 or not math.isfinite(d.beta):
     raise ConfigError(f"dpo.beta={d.beta} must be a positive number (0.1 is the usual value)")
@@ -261,12 +262,12 @@ def validate(config) -> None:
 
 
 def run(config, workdir: str, mesh) -> dict:
-  validate(config)
-  common.prepare_data(config, workdir, kind="pairs")
-  tok = common.tokenizer(config)
-  model = common.policy_model(config, mesh, tok)    # the SFT policy (or scratch for toy)
+  validate(config, mesh)
+  prepare_data(config, workdir, kind="pairs")
+  tok = load_tokenizer(config.model.tokenizer)
+  model = build(config.model, mesh, "lm", tok, config.seed)    # the SFT policy (or scratch for toy)
   trainer = make_trainer(config, workdir, mesh, model)
-  held_out = common.eval_batches(config, tok, "pairs", mesh)
+  held_out = eval_batches(config, tok, "pairs", mesh)
   ref_fn = jax.jit(functools.partial(reference_logprobs, trainer.graphdef))
   with jax.set_mesh(mesh):
     held_out_refs = [ref_fn(trainer.frozen, b) for b in held_out]
@@ -277,7 +278,7 @@ def run(config, workdir: str, mesh) -> dict:
       return (evaluate(trainer.graphdef, trainer.state["params"], held_out, held_out_refs,
                        beta, eps) if held_out else {})
 
-  data = common.data_iterator(config, tok, "pairs")
+  data = data_iterator(config, tok, "pairs")
   if config.dpo.precompute_reference:
     data = WithReference(data, reference_cache(config, tok, mesh, trainer.graphdef,
                                                trainer.frozen))

@@ -24,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlaif_jax.learners import common
+from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.models import store
+from rlaif_jax.models.build import build, check_model
+from rlaif_jax.models.tokenizer import load_tokenizer
 
 
 def soft_label_loss(r1, r2, p):
@@ -93,18 +95,25 @@ def normalize(model, batches, mesh) -> float:
   return mean
 
 
+def validate(config, mesh) -> None:
+  """The RM stage's checks before anything is built (`mesh` may be abstract)."""
+  del mesh   # nothing here depends on the device layout
+  check_model(config.model)
+  check_data(config, "pairs")
+
+
 def run(config, workdir: str, mesh) -> dict:
-  common.prepare_data(config, workdir, kind="pairs")
-  tok = common.tokenizer(config)
-  model = common.scalar_model(config, mesh, tok)
+  prepare_data(config, workdir, kind="pairs")
+  tok = load_tokenizer(config.model.tokenizer)
+  model = build(config.model, mesh, "scalar", tok, config.seed)
   trainer = Trainer(config, workdir, mesh, model, rm_loss, name="rm")
-  held_out = common.eval_batches(config, tok, "pairs", mesh)
+  held_out = eval_batches(config, tok, "pairs", mesh)
 
   def eval_fn():
     with jax.set_mesh(mesh):
       return evaluate(trainer.graphdef, trainer.state["params"], held_out) if held_out else {}
 
-  result = trainer.fit(common.data_iterator(config, tok, "pairs"), eval_fn,
+  result = trainer.fit(data_iterator(config, tok, "pairs"), eval_fn,
                        tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])))
   final = trainer.model()
   if config.train.get("normalize_rewards") and held_out:

@@ -82,15 +82,18 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from rlaif_jax.config import ConfigError
-from rlaif_jax.learners import common
+from rlaif_jax.data.batches import check_data, data_iterator, heldout_batches, prepare_data
+from rlaif_jax.labeler.config import validate_labeler
 from rlaif_jax.learners import rl_losses as L
-from rlaif_jax.learners.dpo import copy_params
 from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.learners.rl_algorithms import ALGORITHMS
 from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding, to_host
 from rlaif_jax.models import store
+from rlaif_jax.models.build import build, check_model, checkpoint_format
+from rlaif_jax.models.sharding import copy_params
+from rlaif_jax.models.tokenizer import load_tokenizer
 from rlaif_jax.preemption import Watcher
 from rlaif_jax.sampling import Sampler, SamplingConfig
 
@@ -147,13 +150,14 @@ def response_outputs(model: ActorCritic, tokens, mask, n_new: int, temperature: 
 
 def build_models(config, mesh, tok) -> ActorCritic:
   r = config.rl
-  policy = common.policy_model(config, mesh, tok)
+  policy = build(config.model, mesh, "lm", tok, config.seed)
   if not ALGORITHMS[r.algorithm].value_model:
     return ActorCritic(policy, None, mesh, value_head=False)
   if r.shared_value_head:
     return ActorCritic(policy, None, mesh)
   source = r.reward_model if r.value_init == "reward_model" else None
-  return ActorCritic(policy, common.scalar_model(config, mesh, tok, checkpoint=source))
+  return ActorCritic(policy, build(config.model, mesh, "scalar", tok, config.seed,
+                                   checkpoint=source))
 
 
 # ------------------------------------------------------------------ loss
@@ -345,7 +349,7 @@ class RLLearner:
 
   def validation_prompts(self) -> list[dict]:
     """The held-out prompt batches, whole on every process ([] when none)."""
-    return [all_rows(b) for b in common.heldout_batches(self.config, self.tok, "prompts")]
+    return [all_rows(b) for b in heldout_batches(self.config, self.tok, "prompts")]
 
   def validation_reward(self, batches: list[dict]) -> float:
     """Mean reward of the current policy's responses to the held-out prompts,
@@ -394,7 +398,7 @@ class RLLearner:
 
   def fit(self) -> dict:
     c, r = self.config, self.r
-    state = RolloutState(common.data_iterator(c, self.tok, "prompts"), r.kl_coef)
+    state = RolloutState(data_iterator(c, self.tok, "prompts"), r.kl_coef)
     start = self.trainer.restore(state) // self.updates
     writer = MetricsWriter(self.workdir, "rl")
     bar = tqdm(total=c.train.steps, initial=start, desc="rl", dynamic_ncols=True,
@@ -448,7 +452,10 @@ class RLLearner:
 # ------------------------------------------------------------------ stage
 
 def validate(config, mesh) -> None:
+  """The RL stage's checks before anything is built (`mesh` may be abstract)."""
   r = config.rl
+  check_model(config.model)
+  check_data(config, "prompts")
   if r.algorithm not in ALGORITHMS:
     raise ConfigError(f"rl.algorithm={r.algorithm!r}: use {', '.join(ALGORITHMS)}")
   alg = ALGORITHMS[r.algorithm]
@@ -462,6 +469,10 @@ def validate(config, mesh) -> None:
     raise ConfigError("rl.reward='callable' needs rl.reward_fn='package.module:function'")
   if r.value_init == "reward_model" and not r.reward_model:
     raise ConfigError("rl.value_init='reward_model' needs rl.reward_model")
+  if r.reward_model and (r.reward == "model" or r.value_init == "reward_model"):
+    checkpoint_format(r.reward_model, "rl.reward_model")
+  if r.reward == "labeler":
+    validate_labeler(r.labeler, "rl.labeler")
   if not (r.kl_coef >= 0 and math.isfinite(r.kl_coef)) or (r.adaptive_kl and r.kl_target <= 0):
     raise ConfigError(f"rl.kl_coef={r.kl_coef} must be >= 0 (and rl.kl_target > 0 when adaptive)")
   alg.validate(config)
@@ -487,8 +498,8 @@ def validate(config, mesh) -> None:
 
 def run(config, workdir: str, mesh) -> dict:
   validate(config, mesh)
-  common.prepare_data(config, workdir, kind="sft")   # toy: prompts read from the SFT file
-  tok = common.tokenizer(config)
+  prepare_data(config, workdir, kind="sft")   # toy: prompts read from the SFT file
+  tok = load_tokenizer(config.model.tokenizer)
   learner = RLLearner(config, workdir, mesh, tok, build_models(config, mesh, tok),
                       make_reward(config, mesh))
   result = learner.fit()

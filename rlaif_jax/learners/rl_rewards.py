@@ -25,6 +25,7 @@ from flax import nnx
 
 from rlaif_jax.config import ConfigError
 from rlaif_jax.mesh import to_host
+from rlaif_jax.models.build import build
 
 
 class ModelReward:
@@ -67,12 +68,12 @@ def import_callable(spec: str):
 def make_reward(config, mesh):
   r = config.rl
   if r.reward == "model":
-    from rlaif_jax.models import store
-    model = store.load_any(r.reward_model, mesh, "scalar", dtype=config.model.dtype)
+    # the policy's dtype and layout; the architecture is the checkpoint's
+    model = build(config.model, mesh, "scalar", checkpoint=r.reward_model)
     return ModelReward(model, mesh)
   if r.reward == "labeler":
     from rlaif_jax.labeler.config import build_labeler
-    labeler, _ = build_labeler(r.labeler, seed=config.seed)
+    labeler, _ = build_labeler(r.labeler, seed=config.seed, key="rl.labeler")
     return TextReward(labeler.reward_fn)
   if r.reward == "callable":
     return TextReward(import_callable(r.reward_fn))

@@ -18,9 +18,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rlaif_jax.learners import common
+from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.models import store
+from rlaif_jax.models.build import build, check_model
+from rlaif_jax.models.tokenizer import load_tokenizer
 
 
 def next_token_logits(model, tokens, mask):
@@ -70,18 +72,25 @@ def evaluate(graphdef, params, batches) -> dict:
   return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
+def validate(config, mesh) -> None:
+  """SFT's checks before anything is built (`mesh` may be abstract: shapes only)."""
+  del mesh   # nothing here depends on the device layout
+  check_model(config.model)
+  check_data(config, "sft")
+
+
 def run(config, workdir: str, mesh) -> dict:
-  common.prepare_data(config, workdir)
-  tok = common.tokenizer(config)
-  model = common.policy_model(config, mesh, tok)
+  prepare_data(config, workdir)
+  tok = load_tokenizer(config.model.tokenizer)
+  model = build(config.model, mesh, "lm", tok, config.seed)
   trainer = Trainer(config, workdir, mesh, model, sft_loss, name="sft")
-  held_out = common.eval_batches(config, tok, "sft", mesh)
+  held_out = eval_batches(config, tok, "sft", mesh)
 
   def eval_fn():
     with jax.set_mesh(mesh):
       return evaluate(trainer.graphdef, trainer.state["params"], held_out) if held_out else {}
 
-  result = trainer.fit(common.data_iterator(config, tok, "sft"), eval_fn,
+  result = trainer.fit(data_iterator(config, tok, "sft"), eval_fn,
                        tokens_per_batch=lambda b: int(np.sum(b["mask"])))
   store.save(trainer.model(), os.path.join(workdir, "model"))
   if config.train.export_hf:

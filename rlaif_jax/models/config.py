@@ -11,6 +11,9 @@ from typing import Any
 
 FAMILIES = ("llama", "gemma", "qwen2")
 REMAT = ("none", "full", "dots")
+# Fields a config's model section sets itself (`model.scan_layers`, `model.remat`):
+# layout and memory, not architecture, so they apply to checkpoints of any layout.
+LAYOUT = ("scan_layers", "remat")
 
 
 @dataclasses.dataclass(frozen=True)

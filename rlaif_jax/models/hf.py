@@ -182,11 +182,13 @@ def _load_state(src: SafetensorsDir, cfg: ModelConfig, abstract: nnx.State, shar
   return loaded
 
 
-def load_hf(path: str, mesh, kind: str = "lm", seed: int = 0, **cfg_overrides):
+def load_hf(path: str, mesh, kind: str = "lm", seed: int = 0, cfg: ModelConfig | None = None,
+            **cfg_overrides):
   """Loads a HF directory into a sharded model: `kind` "lm" -> Transformer,
   "scalar" -> ScalarModel whose trunk comes from the checkpoint and whose head
-  is freshly initialised. Returns (model, ModelConfig)."""
-  cfg = read_hf_config(path, **cfg_overrides)
+  is freshly initialised. `cfg` defaults to its config.json with `cfg_overrides`.
+  Returns (model, ModelConfig)."""
+  cfg = cfg or read_hf_config(path, **cfg_overrides)
   src = SafetensorsDir(path)
   if kind == "lm":
     ctor = lambda rngs: Transformer(cfg, rngs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
@@ -46,6 +47,13 @@ def init_sharded(ctor: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int =
   with jax.set_mesh(mesh):
     state = init(jax.random.key(seed))
   return nnx.merge(graphdef, state)
+
+
+def copy_params(params):
+  """A separate, identically sharded copy of a params pytree: a frozen reference
+  that outlives the trainer's donated buffers."""
+  shardings = jax.tree.map(lambda x: x.sharding, params)
+  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(params)
 
 
 def placed_shardings(model: nnx.Module) -> dict[tuple, NamedSharding]:

@@ -5,7 +5,7 @@ SFT -> RL policy/reference, RM -> RL reward). Loading restores every parameter
 straight into its shard. A causal-LM directory can also seed a scalar model
 (reward / value): the trunk is copied, the head freshly initialised.
 Hugging Face directories (config.json + safetensors) are accepted wherever a
-model directory is, through `load_any`.
+model directory is, through `rlaif_jax.models.build`.
 """
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ def read_meta(path: str) -> dict:
   return json.loads((paths.path(path) / "model_config.json").read_text())
 
 
+def read_config(path: str, **overrides) -> ModelConfig:
+  """The saved model's ModelConfig with `overrides` (dtype, layout) applied."""
+  return ModelConfig(**{**read_meta(path)["model"], **overrides})
+
+
 def _restore_into(path: str, abstract: nnx.State, mesh) -> dict:
   shardings = nnx.to_pure_dict(state_shardings(abstract, mesh))
   target = jax.tree.map(
@@ -71,11 +76,13 @@ def _restore(path: str, cfg: ModelConfig, kind: str, saved_scan: bool, mesh) -> 
     return jax.jit(lambda p: to_layout(p, cfg.scan_layers), out_shardings=shardings)(params)
 
 
-def load(path: str, mesh, kind: str | None = None, seed: int = 0, **cfg_overrides):
+def load(path: str, mesh, kind: str | None = None, seed: int = 0,
+         cfg: ModelConfig | None = None, **cfg_overrides):
   """Restores a saved model; `kind="scalar"` from an "lm" directory copies the trunk.
-  `scan_layers` may differ from the saved model's: the checkpoint is converted."""
+  `cfg` (else the saved config with `cfg_overrides`) may differ from the saved
+  model's in dtype and layout: with another `scan_layers` the checkpoint is converted."""
   meta = read_meta(path)
-  cfg = ModelConfig(**{**meta["model"], **cfg_overrides})
+  cfg = cfg or read_config(path, **cfg_overrides)
   saved_scan = meta["model"].get("scan_layers", False)
   kind = kind or meta["kind"]
   if kind == meta["kind"]:
@@ -88,11 +95,3 @@ def load(path: str, mesh, kind: str | None = None, seed: int = 0, **cfg_override
   lm.pop("lm_head", None)
   nnx.update(model.trunk, lm)
   return model
-
-
-def load_any(path: str, mesh, kind: str = "lm", seed: int = 0, **cfg_overrides):
-  """Our model directory or a Hugging Face one."""
-  if (paths.path(path) / "model_config.json").exists():
-    return load(path, mesh, kind, seed, **cfg_overrides)
-  from rlaif_jax.models.hf import load_hf
-  return load_hf(path, mesh, kind=kind, seed=seed, **cfg_overrides)[0]
