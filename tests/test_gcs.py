@@ -155,3 +155,51 @@ def test_sft_on_gcs_killed_and_resumed_matches_a_local_run(tmp_path, gcs, gcs_en
   assert len(a) == len(b) > 0
   for x, y in zip(a, b):
     np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]))
+
+
+def test_label_stage_on_gcs_killed_and_resumed_matches_a_local_run(tmp_path, gcs, gcs_env):
+  """The label stage with its workdir in the bucket and a labeler checkpoint
+  saved to the bucket by an SFT run: SIGKILLed after its first shard and rerun,
+  its labels equal those of an uninterrupted run with a local workdir."""
+  cwd = tmp_path / "cwd"
+  logs = {n: tmp_path / f"{n}.log" for n in ("sft", "local", "killed", "resumed")}
+  files = {n: open(p, "wb") for n, p in logs.items()}
+  label = [f"--config={ROOT / 'configs' / 'label.py'}:toy", "--config.labeler.max_pairs=32",
+           "--config.labeler.shard_size=8", "--config.labeler.model.random_init=False",
+           "--config.labeler.model.checkpoint=gs://bkt/labeler/model"]
+  try:
+    sft = start([f"--config={ROOT / 'configs' / 'sft.py'}:toy", "--config.train.steps=2",
+                 "--config.model.arch.max_seq_len=512"], "gs://bkt/labeler", cwd, gcs_env,
+                files["sft"])
+    finish(sft, logs["sft"])
+    p_local = start(label, tmp_path / "local", cwd, gcs_env, files["local"])
+    p = start(label, "gs://bkt/label", cwd, gcs_env, files["killed"])
+    wait_for_object(gcs, r"label/labels/shard-00000\.jsonl", p, logs["killed"])
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(30)
+    assert "label/labels.jsonl" not in gcs.objects(prefix="label/"), "finished before the kill"
+    p = start(label, "gs://bkt/label", cwd, gcs_env, files["resumed"])
+    out = finish(p, logs["resumed"])
+    assert re.search(r"label: 32 pairs in 4 shards, [123] to do", out), out[-3000:]
+    finish(p_local, logs["local"])
+  finally:
+    for f in files.values():
+      f.close()
+
+  assert_no_stray_local_dirs(cwd, tmp_path, ROOT)
+  assert os.listdir(cwd) == []
+  names = set(gcs.objects(prefix="label/"))
+  for want in ["label/labels.jsonl", "label/alignment.json", "label/labels/meta.json",
+               "label/config_label.json"] + [f"label/labels/shard-0000{k}.jsonl" for k in range(4)]:
+    assert want in names, (want, sorted(names))
+  assert not [n for n in names if ".tmp" in n]
+  from rlaif_jax import paths
+  in_bucket = paths.read_jsonl("gs://bkt/label/labels.jsonl")
+  assert len(in_bucket) == 32
+  local_rows = paths.read_jsonl(tmp_path / "local" / "labels.jsonl")
+  # ids of JSONL rows are "<file>:<line>": the same line of each run's own copy
+  key = lambda rows: [(r["id"].rpartition("/")[2], {k: v for k, v in r.items() if k != "id"})
+                      for r in rows]
+  assert key(in_bucket) == key(local_rows)
+  assert (paths.read_json("gs://bkt/label/alignment.json") ==
+          paths.read_json(tmp_path / "local" / "alignment.json"))

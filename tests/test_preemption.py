@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", NPROC="16",
            JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
-STOPPED = re.compile(r"(\w+): preempted after (step|iteration) (\d+), saved in (\S+); resume")
+STOPPED = re.compile(r"(\w+): preempted after (step|iteration|shard) (\d+), saved in (\S+); resume")
 
 
 def start(args, workdir, log, env=ENV, cmd=None):
@@ -175,3 +175,40 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
   a, b = rows(ref), rows(two)
   assert [r["step"] for r in b] == list(range(1, steps + 1))   # none lost or run twice
   np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=2e-5)
+
+
+def test_label_stage_sigterm_writes_the_shard_in_flight_and_resumes(tmp_path):
+  """The label stage: the shard being labeled when SIGTERM comes is finished and
+  written, no later one is started, exit 75; the rerun labels only the rest and
+  the labels equal an uninterrupted run's."""
+  args = [f"--config={ROOT / 'configs' / 'label.py'}:toy", "--config.labeler.max_pairs=64",
+          "--config.labeler.shard_size=8"]
+  full, cut = tmp_path / "full", tmp_path / "cut"
+  logs = {n: tmp_path / f"{n}.log" for n in ("full", "cut", "resumed")}
+  files = {n: open(p, "wb") for n, p in logs.items()}
+  try:
+    p_full = start(args, full, files["full"])
+    p_cut = start(args, cut, files["cut"])
+    wait_for(re.escape("label: shard 1 (8 pairs) done"), logs["cut"], p_cut)
+    os.kill(p_cut.pid, signal.SIGTERM)
+    rc, out = finish(p_cut, logs["cut"])
+    assert rc == PREEMPTED_EXIT, out[-3000:]
+    (stop,) = STOPPED.findall(out)
+    assert stop[:2] == ("label", "shard")
+    k = int(stop[2])
+    assert 1 < k < 7                            # stopped mid-job, after the signal
+    shards = sorted(p.name for p in (cut / "labels").glob("shard-*.jsonl"))
+    assert shards == [f"shard-{i:05d}.jsonl" for i in range(k + 1)]   # through the one in flight
+    assert not (cut / "labels.jsonl").exists()
+    p_res = start(args, cut, files["resumed"])
+    rc, out = finish(p_res, logs["resumed"])
+    assert rc == 0, out[-3000:]
+    assert f"label: 64 pairs in 8 shards, {7 - k} to do" in out
+    rc, out = finish(p_full, logs["full"])
+    assert rc == 0, out[-3000:]
+  finally:
+    for f in files.values():
+      f.close()
+  rows = lambda d: [{k: v for k, v in json.loads(l).items() if k != "id"}
+                    for l in (d / "labels.jsonl").read_text().splitlines()]
+  assert rows(cut) == rows(full)

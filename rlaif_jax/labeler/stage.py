@@ -30,6 +30,10 @@ batch size, bucket and prefix caching change the arithmetic, not the labels,
 so a job may resume on other hardware; the labels then agree with an
 uninterrupted run to float tolerance (a greedy rationale can differ where two
 tokens tie that closely, and sampled ones are drawn per batch).
+
+SIGTERM (preemption): the shard in flight is finished and written, the stage
+logs where it stopped and exits 75 (rlaif_jax.preemption); a rerun labels the
+remaining shards.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from rlaif_jax.data.sources import open_source
 from rlaif_jax.labeler.config import build_labeler, validate_labeler
 from rlaif_jax.labeler.prompts import resolve_exemplars_path
 from rlaif_jax.labeler.report import alignment_report
+from rlaif_jax.preemption import Watcher
 
 # labeler keys that say how the work is laid out, not what the labels are
 _LAYOUT = ("max_pairs", "mesh", "batch_size", "bucket", "prefix_cache")
@@ -80,8 +85,8 @@ def content_digest(p: str) -> str:
     raise ConfigError(f"{p}: no such file or directory")
   if not root.is_dir():
     return _file_digest(root)
-  files = sorted((str(d)[len(str(root)):], name, d / name) for d, _, names in root.walk()
-                 for name in names)
+  files = sorted((("/" + rel).rpartition("/")[0], ("/" + rel).rpartition("/")[2], f)
+                 for rel, f in io.walk_files(root))
   h = hashlib.sha256()
   for rel, name, f in files:
     h.update(f"{rel}/{name}\0{_file_digest(f)}\0".encode())
@@ -200,16 +205,21 @@ def run(config, workdir: str, mesh) -> dict:
   todo = [s for s, d in zip(shards, done) if not d]
   logging.info("label: %d pairs in %d shards, %d to do", n, len(shards), len(todo))
   labeler = None
-  for k, rng in todo:
-    if labeler is None:
-      labeler, _ = build_labeler(lcfg, seed=config.seed)
-    examples = [source[i] for i in rng]
-    labels = labeler.label_pairs([e["prompt"] for e in examples],
-                                 [e["response_a"] for e in examples],
-                                 [e["response_b"] for e in examples])
-    if jax.process_index() == 0:
-      io.write_jsonl_atomic(shard_path(k), [_row(e, l) for e, l in zip(examples, labels)])
-    logging.info("label: shard %d (%d pairs) done", k, len(examples))
+  with Watcher("label") as watch:
+    for t, (k, rng) in enumerate(todo, 1):
+      if labeler is None:
+        labeler, _ = build_labeler(lcfg, seed=config.seed)
+      examples = [source[i] for i in rng]
+      labels = labeler.label_pairs([e["prompt"] for e in examples],
+                                   [e["response_a"] for e in examples],
+                                   [e["response_b"] for e in examples])
+      if jax.process_index() == 0:
+        io.write_jsonl_atomic(shard_path(k), [_row(e, l) for e, l in zip(examples, labels)])
+      logging.info("label: shard %d (%d pairs) done", k, len(examples))
+      if watch.reached(t):      # SIGTERM: the same shard on every process
+        if jax.process_count() > 1:
+          multihost_utils.sync_global_devices("rlaif_jax: label shards written")
+        watch.stop(k, out_dir, unit="shard")
 
   if jax.process_count() > 1:   # process 0 wrote the shards the others now read
     multihost_utils.sync_global_devices("rlaif_jax: label shards written")

@@ -225,17 +225,14 @@ def export_hf(model: Transformer, out_dir: str, tokenizer=None,
       tensors[n] = np.ascontiguousarray(to_hf(x).astype(dtype))
   if jax.process_index() != 0:
     return
-  if "://" in out_dir:      # e.g. gs://: write locally, then copy through epath
+  from rlaif_jax import paths
+  if paths.is_url(out_dir):  # e.g. gs://: transformers writes locally, then the I/O layer copies
     import tempfile
-    from etils import epath
     with tempfile.TemporaryDirectory() as tmp:
       _write_hf_dir(cfg, tensors, tmp, tokenizer, max_shard_bytes)
-      dst = epath.Path(out_dir)
-      dst.mkdir(parents=True, exist_ok=True)
-      for f in epath.Path(tmp).iterdir():
-        f.copy(dst / f.name, overwrite=True)
+      paths.upload_dir(tmp, out_dir)
     return
-  _write_hf_dir(cfg, tensors, out_dir, tokenizer, max_shard_bytes)
+  _write_hf_dir(cfg, tensors, os.fspath(paths.path(out_dir)), tokenizer, max_shard_bytes)
 
 
 def _write_hf_dir(cfg, tensors, out_dir, tokenizer, max_shard_bytes) -> None:
