@@ -11,9 +11,8 @@
 gives conservative DPO (p -> (1−ε)p + ε(1−p)); `dpo.precompute_reference` runs
 the reference once over the training set before training and frees it.
 """
-import ml_collections
-
 from rlaif_jax.config import base_config, paper_scale, toy_scale
+from rlaif_jax.learners.dpo import dpo_config
 
 
 VARIANTS = ("toy", "tldr")
@@ -21,8 +20,7 @@ VARIANTS = ("toy", "tldr")
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "dpo"
-  c.dpo = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0,
-                                         precompute_reference=False))
+  c.dpo = dpo_config()
   if variant == "toy":
     toy_scale(c, steps=150)
   elif variant == "tldr":

@@ -12,25 +12,16 @@ Writes report.md, report.json, win-rate and training-curve plots and
 responses.jsonl into the workdir. A policy left empty is not evaluated; a
 comparison naming it is an error. "reference" means the prompts' own responses.
 """
-import ml_collections
-
 from rlaif_jax.config import base_config
-from rlaif_jax.labeler.config import labeler_config
-
-POLICIES = ("sft", "rlaif", "rlhf", "direct_rlaif", "dpo")
-
+from rlaif_jax.eval.stage import eval_config
 
 VARIANTS = ("demo", "tldr")
+
 
 def get_config(variant: str = "demo"):
   c = base_config()
   c.stage = "eval"
-  c.eval = ml_collections.ConfigDict(dict(
-      prompts_path="", max_prompts=0, judge="oracle", temperature=0.0, max_new_tokens=0,
-      batch_size=64, rm_model="", rm_pairs_path="",
-      policies=ml_collections.ConfigDict({p: "" for p in POLICIES}),
-      comparisons=("rlaif_vs_sft",), curves=ml_collections.ConfigDict()))
-  c.eval.labeler = labeler_config()
+  c.eval = eval_config()
   if variant == "demo":
     c.model.tokenizer = ""                 # required: <pipeline workdir>/world/tokenizer
     c.data.max_prompt_len = 64

@@ -19,7 +19,8 @@ import sys
 import ml_collections
 
 from rlaif_jax.errors import ConfigError  # noqa: F401 (re-exported: rlaif_jax.config.ConfigError)
-from rlaif_jax.models.config import LAYOUT, ModelConfig
+from rlaif_jax.data.config import data_config
+from rlaif_jax.models.config import LAYOUT, REMAT, ModelConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
        if f.name not in LAYOUT + ("rope_scaling", "dtype", "bos_token_id", "eos_token_id",
                                   "pad_token_id")})
 
-  c.data = _data_config()
+  c.data = data_config()
   c.data.eval_split = "valid"     # held-out split for eval metrics
   c.data.eval_jsonl_path = ""     # source == "jsonl": the held-out file ("" = no eval)
 
@@ -71,11 +72,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.export_hf = False      # write the final policy as a HF directory
   return c
-
-
-def _data_config() -> ml_collections.ConfigDict:
-  from rlaif_jax.data.config import data_config
-  return data_config()
 
 
 def toy_scale(c, **train) -> None:
@@ -120,7 +116,7 @@ def paper_scale(c, variant: str) -> None:
 
 def validate(config, n_devices: int) -> None:
   """Raises ConfigError naming the field and what to change."""
-  from rlaif_jax.mesh import resolve_mesh_shape
+  from rlaif_jax.mesh import resolve_mesh_shape   # JAX: not before a flag error is printed
 
   try:
     shape = resolve_mesh_shape((config.mesh.data, config.mesh.fsdp, config.mesh.tensor), n_devices)
@@ -139,7 +135,6 @@ def validate(config, n_devices: int) -> None:
     raise ConfigError(f"train.steps={t.steps} must be >= 1")
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.dtype={config.model.dtype!r}: use float32 or bfloat16")
-  from rlaif_jax.models.config import REMAT
   if config.model.get("remat", "none") not in REMAT:
     raise ConfigError(f"model.remat={config.model.remat!r}: use one of {', '.join(REMAT)}")
   if t.optimizer not in ("adamw", "adafactor", "sgd"):

@@ -24,10 +24,12 @@ import math
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from rlaif_jax import paths
+from rlaif_jax.learners.trainer import make_optimizer
 from rlaif_jax.mesh import MESH_AXES, logical_to_spec, resolve_mesh_shape
 from rlaif_jax.models.build import resolve
 from rlaif_jax.models.config import ModelConfig
@@ -74,13 +76,11 @@ def _params(cfg: ModelConfig, kind: str, mesh):
 
 
 def _optimizer_elems(config, rows, mesh) -> int:
-  from rlaif_jax.learners.trainer import make_optimizer
   tx = make_optimizer(config.train, config.train.steps)
   params = {name: jax.ShapeDtypeStruct(shape, np.float32) for name, shape, _, _ in rows}
   shard = {name: n for name, _, _, n in rows}
   state = jax.eval_shape(tx.init, params)
   total = 0
-  import optax
   sizes = optax.tree_map_params(
       tx, lambda leaf, p, n: n if leaf.shape == p.shape else math.prod(leaf.shape),
       state, params, shard, transform_non_params=lambda leaf: math.prod(getattr(leaf, "shape", ())))

@@ -25,7 +25,10 @@ def test_paper_scale_configs_fit_their_hardware(path, variant, capsys):
   est = dryrun.report(c, c.hardware.chips)
   assert est["fits"], est["bytes_per_device"]
   printed = capsys.readouterr().out
-  assert "per device: total" in printed and "layers/0/attn/q" in printed
+  # parameters named as the run lays them out: stacked layers (scan_layers) or one per layer
+  section = c.labeler.model if c.stage == "label" else c.model
+  q = "layers/attn/q " if section.get("scan_layers") else "layers/0/attn/q "
+  assert "per device: total" in printed and q in printed
   # the parameter count is the public one for the preset architecture (a reward
   # model drops Llama's untied LM head, 128256 x 4096, and adds a d+1 head)
   n = next(iter(est["models"].values()))["params"]

@@ -12,12 +12,14 @@ responses.jsonl, report.json, report.md and the plots (rlaif_jax.eval.report).
 """
 from __future__ import annotations
 
+import ml_collections
+
 from rlaif_jax import paths
 from rlaif_jax.config import ConfigError
 from rlaif_jax.eval import judges, metrics, report as report_lib
 from rlaif_jax.data.records import read_json_lines
 from rlaif_jax.eval.generate import generate
-from rlaif_jax.labeler.config import validate_labeler
+from rlaif_jax.labeler.config import labeler_config, validate_labeler
 from rlaif_jax.models.build import build, check_model, checkpoint_format
 from rlaif_jax.models.tokenizer import load_tokenizer
 
@@ -39,6 +41,19 @@ def policy_responses(config, policies: dict, prompts, references, mesh) -> dict:
 
 
 JUDGES = ("oracle", "labeler")
+POLICIES = ("sft", "rlaif", "rlhf", "direct_rlaif", "dpo")
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """The stage's section, `config.eval` (see the module docstring); a policy left
+  "" is not evaluated, `curves` maps a policy to its metrics JSONL for the plots."""
+  c = ml_collections.ConfigDict(dict(
+      prompts_path="", max_prompts=0, judge="oracle", temperature=0.0, max_new_tokens=0,
+      batch_size=64, rm_model="", rm_pairs_path="",
+      policies=ml_collections.ConfigDict({p: "" for p in POLICIES}),
+      comparisons=("rlaif_vs_sft",), curves=ml_collections.ConfigDict()))
+  c.labeler = labeler_config()
+  return c
 
 
 def validate(config, mesh) -> None:

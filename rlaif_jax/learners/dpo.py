@@ -31,11 +31,14 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from rlaif_jax.config import ConfigError
 from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
+from rlaif_jax.data.pipeline import make_iterator
+from rlaif_jax.data.sources import open_source
 from rlaif_jax.learners.sft import next_token_logits, response_nll
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.mesh import global_batch
@@ -203,8 +206,6 @@ class WithReference:
 
 def reference_cache(config, tok, mesh, graphdef, ref_params) -> dict:
   """The reference's log-probs for every training pair (one ordered pass)."""
-  from rlaif_jax.data.pipeline import make_iterator
-  from rlaif_jax.data.sources import open_source
   d = config.data.copy_and_resolve_references()
   with d.unlocked():
     d.shuffle = False
@@ -248,6 +249,14 @@ def evaluate(graphdef, params, batches, refs, beta: float, label_smoothing: floa
 
 
 # ------------------------------------------------------------------ stage
+
+def dpo_config() -> ml_collections.ConfigDict:
+  """The stage's section, `config.dpo`: β of the implicit reward β·log(π/π_ref),
+  label smoothing ε (conservative DPO), and whether the reference runs once over
+  the training set before training (then freed) instead of at every step."""
+  return ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0,
+                                        precompute_reference=False))
+
 
 def validate(config, mesh) -> None:
   """The DPO stage's checks before anything is built (`mesh` may be abstract)."""

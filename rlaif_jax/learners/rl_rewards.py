@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.config import ConfigError
+from rlaif_jax.labeler.config import build_labeler
 from rlaif_jax.mesh import to_host
 from rlaif_jax.models.build import build
 
@@ -72,7 +73,6 @@ def make_reward(config, mesh):
     model = build(config.model, mesh, "scalar", checkpoint=r.reward_model)
     return ModelReward(model, mesh)
   if r.reward == "labeler":
-    from rlaif_jax.labeler.config import build_labeler
     labeler, _ = build_labeler(r.labeler, seed=config.seed, key="rl.labeler")
     return TextReward(labeler.reward_fn)
   if r.reward == "callable":

@@ -22,6 +22,7 @@ from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prep
 from rlaif_jax.learners.trainer import Trainer
 from rlaif_jax.models import store
 from rlaif_jax.models.build import build, check_model
+from rlaif_jax.models.hf import export_hf
 from rlaif_jax.models.tokenizer import load_tokenizer
 
 
@@ -94,7 +95,6 @@ def run(config, workdir: str, mesh) -> dict:
                        tokens_per_batch=lambda b: int(np.sum(b["mask"])))
   store.save(trainer.model(), os.path.join(workdir, "model"))
   if config.train.export_hf:
-    from rlaif_jax.models.hf import export_hf
     out = os.path.join(workdir, "hf")
     export_hf(trainer.model(), out, tokenizer=tok)
     logging.info("exported the SFT policy to %s", out)
