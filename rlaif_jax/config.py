@@ -20,6 +20,7 @@ import ml_collections
 
 from rlaif_jax.errors import ConfigError  # noqa: F401 (re-exported: rlaif_jax.config.ConfigError)
 from rlaif_jax.data.config import data_config
+from rlaif_jax.mesh import resolve_mesh_shape
 from rlaif_jax.models.config import LAYOUT, REMAT, ModelConfig
 
 
@@ -116,8 +117,6 @@ def paper_scale(c, variant: str) -> None:
 
 def validate(config, n_devices: int) -> None:
   """Raises ConfigError naming the field and what to change."""
-  from rlaif_jax.mesh import resolve_mesh_shape   # JAX: not before a flag error is printed
-
   try:
     shape = resolve_mesh_shape((config.mesh.data, config.mesh.fsdp, config.mesh.tensor), n_devices)
   except ValueError as e:
