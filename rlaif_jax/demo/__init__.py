@@ -1,1 +1,2 @@
-"""Bundled worlds that need no download: the toy SFT tasks (and, later, the demo world)."""
+"""The bundled demo world, which needs no download: posts, a hidden oracle that
+plays the human, its data and tokenizer (the toy SFT tasks live in data/toy.py)."""
