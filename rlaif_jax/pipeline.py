@@ -12,7 +12,12 @@ checkpoints):
   sft               the policy imitates Reddit-style TL;DRs
   sample_pairs      two SFT samples per post -> pairs; a held-out share gets one
                     human (oracle) vote each, the training share none
-  label             AI labels for the training pairs (both orders, averaged)
+  label             AI labels for the training pairs (both orders, averaged): on
+                    posts that invite harm the harmless question ("which response
+                    is MORE harmful?", the answer inverted), else the summary one
+  labeler_pretrain_<size>, labeler_sizes
+                    (pipeline.labeler_sizes, the `paper` variant) more labelers of
+                    other sizes; alignment and same-position rate of each
   rm_ai / rm_human  reward models on AI labels / on human (oracle) votes
   rl_rlaif          RL against rm_ai                      (distilled RLAIF)
   rl_rlhf           RL against rm_human                   (the RLHF baseline)
@@ -65,14 +70,60 @@ def stage_config(config, *, stage: str, train, tokenizer: str, checkpoint: str =
   return c
 
 
-def labeler_cfg(config, paths, labeler_dir):
+def labeler_arch(arch) -> dict:
+  """A labeler's `model.arch` as a policy config's: its shape only (the layout
+  keys scan_layers / remat live in `model`, and ModelConfig takes them once)."""
+  from rlaif_jax.config import LAYOUT
+  return {k: v for k, v in arch.to_dict().items() if k not in LAYOUT}
+
+
+def labeler_cfg(config, paths, labeler_dir, task: str = "summarization"):
+  """The demo labeler's config for `task` (summarization, or harmless: asked which
+  response is MORE harmful, the answer inverted by the labeler)."""
   lc = config.labeler.copy_and_resolve_references()
   with lc.unlocked():
     lc.model.checkpoint, lc.model.tokenizer = io.join(labeler_dir, "model"), paths["tokenizer"]
-    lc.template.preamble = world_data.PAIR_PREAMBLE
+    lc.task = task
+    lc.template.preamble = (world_data.HARM_PREAMBLE if task == "harmless" else
+                            world_data.PAIR_PREAMBLE)
     lc.direct_template.preamble = world_data.DIRECT_PREAMBLE
     del lc["max_prompt_len"]
   return lc
+
+
+def label_by_task(config, mesh, lab_confs: dict, pairs_path: str, heldout_path: str,
+                  out_dir: str) -> dict:
+  """AI labels for the training pairs, each asked its own task's question
+  (`lab_confs`: {task: labeler config}), merged in the pairs' order into
+  <out_dir>/labels.jsonl; alignment with the held-out human votes per task."""
+  from rlaif_jax.labeler import stage as label_stage
+  rows, heldout = io.read_jsonl(pairs_path), io.read_jsonl(heldout_path)
+  out, labels = {}, {}
+  for task, lc in lab_confs.items():
+    mine = [r for r in rows if r.get("task", "summarization") == task]
+    if not mine:
+      continue
+    d = io.join(out_dir, task)
+    io.makedirs(d)
+    path = io.join(d, "pairs.jsonl")
+    io.write_jsonl_atomic(path, mine)
+    c = stage_config(config, stage="label", train=config.pipeline.sft,
+                     tokenizer=lc.model.tokenizer, jsonl_path=path, jsonl_kind="pairs",
+                     shuffle=False)
+    with c.unlocked():
+      c.labeler = lc
+    rep = label_stage.run(c, d, mesh)
+    labels.update({r["id"]: r for r in io.read_jsonl(io.join(d, "labels.jsonl"))})
+    prefix = "" if task == "summarization" else f"{task}_"
+    out.update({f"{prefix}{k}": v for k, v in rep.items()})
+    held = [r for r in heldout if r.get("task", "summarization") == task]
+    if held:
+      out.update({f"{prefix}heldout_{k}": v for k, v in
+                  alignment_on_heldout(lc, held, config.seed).items()
+                  if isinstance(v, (int, float))})
+  io.write_jsonl_atomic(io.join(out_dir, "labels.jsonl"),
+                        [labels[r["id"]] for r in rows if r["id"] in labels])
+  return out
 
 
 # ------------------------------------------------------------------ stages
@@ -95,7 +146,10 @@ def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
                      max_new_tokens=config.data.max_response_len - 1,
                      temperature=w.pair_temperature, seed=config.seed, samples=2)
   oracle, rng = world.Oracle(), random.Random(config.seed + 17)
-  rows = [{"id": f"pair-{i}", "prompt": p, "response_a": a or ".", "response_b": b or "."}
+  # task: which question the labeler is asked about the pair – the harmless one
+  # on posts that invite harm (read off the post, like a red-team prompt set)
+  rows = [{"id": f"pair-{i}", "prompt": p, "response_a": a or ".", "response_b": b or ".",
+           "task": "harmless" if world.invitation(p) else "summarization"}
           for i, (p, (a, b)) in enumerate(zip(prompts, samples))]
   train, heldout = rows[:w.n_pairs], rows[w.n_pairs:]
   for r in heldout:
@@ -111,20 +165,40 @@ def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
 
 def alignment_on_heldout(labeler_conf, rows, seed) -> dict:
   """Labeler alignment with the held-out human votes (the paper's §1 metric)."""
+  import jax
+
   from rlaif_jax.labeler.config import build_labeler
   from rlaif_jax.labeler.report import alignment_report
   labeler, _ = build_labeler(labeler_conf, seed=seed)
   labels = labeler.label_pairs([r["prompt"] for r in rows], [r["response_a"] for r in rows],
                                [r["response_b"] for r in rows])
   rep = alignment_report([dict(r, **l) for r, l in zip(rows, labels)])
+  rep["params"] = sum(int(x.size) for x in jax.tree.leaves(labeler.engine.params))
   # After averaging, order ab gives soft label s and order ba gives 1 − s: the
   # same position wins both only on an exact tie.
   rep["same_position_rate_averaged"] = sum(l["soft_label"] == 0.5 for l in labels) / len(labels)
   return rep
 
 
+def labeler_sizes(config, mesh, labeler_dirs: dict, paths, heldout_path: str) -> dict:
+  """The paper's labeler-size experiment (§4.4): each labeler's alignment with the
+  held-out human votes on summarization pairs and its same-position rate (the
+  share of pairs whose single-order labels pick the same slot in both orders),
+  with its parameter count."""
+  held = [r for r in io.read_jsonl(heldout_path) if r.get("task", "summarization") ==
+          "summarization"]
+  out = {}
+  for name, d in labeler_dirs.items():
+    lc = labeler_cfg(config, paths, d)
+    with lc.unlocked():
+      lc.model.arch.update(config.pipeline.labeler_sizes[name].to_dict())
+    rep = alignment_on_heldout(lc, held, config.seed)
+    out[name] = {"params": rep["params"], "alignment": rep["accuracy"],
+                 "same_position_rate": rep["same_position_rate"], "n": len(held)}
+  return out
+
+
 def run(config, workdir: str, mesh) -> dict:
-  from rlaif_jax.labeler import stage as label_stage
   from rlaif_jax.learners import dpo, reward, sft
   t_start = time.perf_counter()
   p, w = config.pipeline, config.world
@@ -141,16 +215,18 @@ def run(config, workdir: str, mesh) -> dict:
                                 n_prompts=w.n_prompts, n_eval=w.n_eval, n_labeler=w.n_labeler))
   tok = paths["tokenizer"]
 
-  def labeler_pretrain(d):
+  def labeler_pretrain(d, arch=None):
     c = stage_config(config, stage="sft", train=p.labeler_pretrain, tokenizer=tok,
                      jsonl_path=paths["labeler_train"], eval_jsonl_path=paths["labeler_valid"],
                      jsonl_kind="sft", max_prompt_len=config.labeler.max_prompt_len,
                      max_response_len=2)
     with c.unlocked():
-      c.model.arch.update(config.labeler.model.arch.to_dict())
+      c.model.arch.update(labeler_arch(config.labeler.model.arch))
+      c.model.arch.update(arch or {})
     return sft.run(c, d, mesh)
   run_stage(workdir, "labeler_pretrain", labeler_pretrain)
   lab_conf = labeler_cfg(config, paths, D("labeler_pretrain"))
+  harm_conf = labeler_cfg(config, paths, D("labeler_pretrain"), "harmless")
 
   run_stage(workdir, "sft", lambda d: sft.run(stage_config(
       config, stage="sft", train=p.sft, tokenizer=tok, jsonl_path=paths["sft_train"],
@@ -161,18 +237,21 @@ def run(config, workdir: str, mesh) -> dict:
                                                         "pairs_human")}
 
   def label(d):
-    c = stage_config(config, stage="label", train=p.sft, tokenizer=tok,
-                     jsonl_path=pairs["pairs_train"], jsonl_kind="pairs", shuffle=False)
-    with c.unlocked():
-      c.labeler = lab_conf
-    out = label_stage.run(c, d, mesh)
-    heldout = io.read_jsonl(pairs["pairs_heldout"])
-    out.update({f"heldout_{k}": v for k, v in alignment_on_heldout(lab_conf, heldout,
-                                                                    config.seed).items()
-                if isinstance(v, (int, float))})
-    return out
+    return label_by_task(config, mesh, {"summarization": lab_conf, "harmless": harm_conf},
+                         pairs["pairs_train"], pairs["pairs_heldout"], d)
+  sizes, size_dirs = config.pipeline.get("labeler_sizes") or {}, {}
+  for name, arch in sizes.items():
+    if arch.to_dict() == {k: config.labeler.model.arch[k] for k in arch}:
+      size_dirs[name] = D("labeler_pretrain")       # the demo's own labeler
+      continue
+    run_stage(workdir, f"labeler_pretrain_{name}",
+              lambda d, arch=arch: labeler_pretrain(d, arch.to_dict()))
+    size_dirs[name] = D(f"labeler_pretrain_{name}")
+
   need_labels = bool({"rlaif", "dpo"} & set(arms))
   labels = run_stage(workdir, "label", label) if need_labels else {}
+  sizes_rep = run_stage(workdir, "labeler_sizes", lambda d: labeler_sizes(
+      config, mesh, size_dirs, paths, pairs["pairs_heldout"])) if size_dirs else {}
   ai_pairs = D("label", "labels.jsonl")
 
   def rm(d, data_path):
@@ -186,10 +265,12 @@ def run(config, workdir: str, mesh) -> dict:
   if "rlhf" in arms:
     results["rm_human"] = run_stage(workdir, "rm_human", lambda d: rm(d, pairs["pairs_human"]))
 
-  def rl(d, **reward_settings):
+  def rl(d, train_overrides=None, **reward_settings):
     from rlaif_jax.learners import rl as rl_learner
+    train = p.rl.copy_and_resolve_references()
+    train.update(train_overrides or {})
     # validation prompts: held-out SFT posts, never the eval stage's
-    c = stage_config(config, stage="rl", train=p.rl, tokenizer=tok, checkpoint=sft_model,
+    c = stage_config(config, stage="rl", train=train, tokenizer=tok, checkpoint=sft_model,
                      jsonl_path=paths["prompts_train"], jsonl_kind="prompts",
                      eval_jsonl_path=paths["sft_valid"])
     with c.unlocked():
@@ -206,7 +287,9 @@ def run(config, workdir: str, mesh) -> dict:
               lambda d: rl(d, reward="model", reward_model=D("rm_human", "model")))
     policies["rlhf"] = D("rl_rlhf", "model")
   if "direct_rlaif" in arms:
-    run_stage(workdir, "rl_direct", lambda d: rl(d, reward="labeler"))
+    # the direct arm's own recipe (pipeline.rl_direct: train / rl overrides)
+    run_stage(workdir, "rl_direct", lambda d: rl(
+        d, p.rl_direct.train.to_dict(), **dict(p.rl_direct.rl.to_dict(), reward="labeler")))
     policies["direct_rlaif"] = D("rl_direct", "model")
   if "dpo" in arms:
     run_stage(workdir, "dpo", lambda d: dpo.run(stage_config(
@@ -238,9 +321,15 @@ def run(config, workdir: str, mesh) -> dict:
       labeler_alignment=labels.get("heldout_accuracy", float("nan")),
       same_position_rate_single_order=labels.get("heldout_same_position_rate", float("nan")),
       same_position_rate_averaged=labels.get("heldout_same_position_rate_averaged", float("nan")),
+      harmless_labeler_alignment=labels.get("harmless_heldout_accuracy", float("nan")),
       rm_accuracy_ai=results.get("rm_ai", {}).get("eval/accuracy_human", float("nan")),
       rm_accuracy_human=results.get("rm_human", {}).get("eval/accuracy_human", float("nan")),
       pending=[a for a in ARM_STAGES if a not in arms])
+  if size_dirs:
+    rep["labeler_sizes"] = {k: sizes_rep[k] for k in size_dirs}
+    rep.setdefault("notes", []).append(
+        "Greedy versus self-consistency labeling is not run: the demo world's labelers "
+        "answer 1/2 and were never taught to write a rationale, so there is none to sample.")
   rep.pop("plots", None)
   from rlaif_jax.eval.report import write_report
   for name in ("win_rates.png", "training_curves.png"):

@@ -27,7 +27,7 @@ import random
 
 from rlaif_jax import paths as io
 from rlaif_jax.demo import world, world_tokenizer
-from rlaif_jax.demo.world import DIRECT_PREAMBLE, PAIR_PREAMBLE
+from rlaif_jax.demo.world import DIRECT_PREAMBLE, HARM_PREAMBLE, PAIR_PREAMBLE
 from rlaif_jax.labeler import prompts as P
 
 # Seed offsets keep the files' posts apart.
@@ -63,12 +63,17 @@ def labeler_templates() -> tuple[P.Template, P.DirectTemplate]:
           P.direct_template("summarization", {"preamble": DIRECT_PREAMBLE}))
 
 
+def harmless_template() -> P.Template:
+  return P.pairwise_template("harmless", "base", {"preamble": HARM_PREAMBLE})
+
+
 _PADS = ("long story", "not sure what to do", "we are friends")
 
 
 def minimal_pair(post: str, rng: random.Random) -> tuple[str, str]:
   """Two summaries of `post` that differ in ONE edit – a fact replaced by one the
-  post never mentions, a fact dropped, or a padding clause added – the better one
+  post never mentions, a fact dropped, a padding clause added, or (on a post
+  that invites harm) its revenge act urged on – the better one
   first. Contrastive pairs like these are how an instruction-tuned LLM comes to
   "see" coverage and invention; a small LM learns them far faster than it learns
   from pairs that differ everywhere."""
@@ -88,7 +93,8 @@ def minimal_pair(post: str, rng: random.Random) -> tuple[str, str]:
     return text if text.endswith("?") else text + " ."
 
   good = render(facts, keep, pads)
-  edit = rng.choice(("invent", "invent", "drop", "pad"))
+  edits = ("invent", "invent", "drop", "pad") + (("harm",) if world.invitation(post) else ())
+  edit = rng.choice(edits)
   kept = [s for s in keep if keep[s]]
   bad_facts, bad_keep, bad_pads = dict(facts), dict(keep), list(pads)
   if edit == "invent" and kept:
@@ -98,24 +104,56 @@ def minimal_pair(post: str, rng: random.Random) -> tuple[str, str]:
     bad_facts[slot] = rng.choice([w for w in pool if w not in words and w != facts[slot]])
   elif edit == "drop" and kept:
     bad_keep[rng.choice(kept)] = False
+  elif edit == "harm":      # the post's revenge act urged on
+    bad_pads.insert(0, world.invitation(post)[0])
   else:
     bad_pads.insert(rng.randint(0, len(pads)), rng.choice(_PADS))
   return good, render(bad_facts, bad_keep, bad_pads)
 
 
+def harmless_pair(post: str, rng: random.Random) -> tuple[str, str] | None:
+  """Two summaries of a harm-inviting post, exactly one urging its act on: the
+  harmful one first; None when two draws never differ in harm."""
+  for _ in range(8):
+    a, b = world.sampled_summary(post, rng), world.sampled_summary(post, rng)
+    if rng.random() < 0.5:     # the harm inserted into an otherwise harmless sample
+      b = world.sampled_summary(post, rng)
+      while world.harmful(b):
+        b = world.sampled_summary(post, rng)
+      clauses = b.rstrip(" .").split(" , ")
+      a = " , ".join(clauses[:1] + [world.invitation(post)[0]] + clauses[1:])
+      a = a if a.endswith("?") else a + " ."
+    if world.harmful(a) != world.harmful(b):
+      return (a, b) if world.harmful(a) else (b, a)
+  return None
+
+
 def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 0.3,
-                 minimal_share: float = 0.35, sampled_share: float = 0.4) -> list[dict]:
+                 minimal_share: float = 0.35, sampled_share: float = 0.4,
+                 harmless_share: float = 0.5) -> list[dict]:
   """Labeling prompts with the oracle's answers (see the module docstring): the
   pairwise answer is the expert's (noise-free) choice on pairs whose quality
   differs by at least `min_gap` – a `minimal_share` of them minimal pairs (see
   `minimal_pair`), a `sampled_share` two policy-like samples
   (`world.sampled_summary`), the rest random against reference summaries; the
-  direct answer is the oracle's rating."""
+  direct answer is the oracle's rating. On posts that invite harm, a
+  `harmless_share` of the rows ask the harmless question instead ("which
+  response is more harmful?"), answered with the harmful one's slot."""
   rng = random.Random(seed + 104729)
   oracle = world.Oracle()
   pair_t, direct_t = labeler_templates()
+  harm_t = harmless_template()
   rows = []
   for i, post in enumerate(_posts(n, seed)):
+    if world.invitation(post) and rng.random() < harmless_share:
+      pair = harmless_pair(post, rng)
+      if pair is not None:
+        worse, better = pair
+        first = rng.random() < 0.5
+        a, b = (worse, better) if first else (better, worse)
+        rows.append({"id": f"l{seed}-{i}", "prompt": pairwise_prompt(harm_t, post, a, b),
+                     "response": "1" if first else "2"})
+      continue
     if rng.random() < direct_share:
       y = rng.choice((world.random_summary, world.reference_summary, world.sampled_summary,
                       world.sampled_summary))(post, rng)

@@ -59,7 +59,7 @@ def corpus(n_posts: int = 3000, seed: int = 0) -> list[str]:
   for t in P.DIRECT.values():
     texts += [t.preamble, t.sample, t.ending, *t.scores]
   texts += ["Summary 1 - ", "Rationale:", "SCORE:", "SCORE: ", world.PAIR_PREAMBLE,
-            world.DIRECT_PREAMBLE]
+            world.DIRECT_PREAMBLE, world.HARM_PREAMBLE, " ".join(world.HARM_ACTS)]
   return texts
 
 

@@ -34,15 +34,19 @@ class OracleJudge:
     return (ab + 1.0 - ba) / 2.0
 
   def harmless(self, prompts, responses) -> np.ndarray:
-    """1 where a summary states nothing the post does not (misinformation is the
-    demo world's harm), else 0."""
+    """1 where a summary does not urge a revenge act on (the demo world's harm,
+    `world.harmful`), else 0."""
+    return np.array([float(self.oracle.harmless(r)) for r in responses])
+
+  def harm_prompts(self, prompts) -> np.ndarray:
+    """Which prompts invite harm: the ones a harmless rate is measured on."""
     from rlaif_jax.demo import world
-    out = []
-    for p, r in zip(prompts, responses):
-      post_words = set(world.post_of(p).split())
-      out.append(float(not any(w in world.FACT_WORDS and w not in post_words
-                               for w in r.split())))
-    return np.array(out)
+    return np.array([world.invitation(p) is not None for p in prompts])
+
+  def helpfulness(self, prompts, responses) -> np.ndarray:
+    """Share of the post's key facts a response covers: a harmless response that
+    says nothing (a refusal) scores 0."""
+    return np.array([self.oracle.helpfulness(p, r) for p, r in zip(prompts, responses)])
 
 
 class LabelerJudge:

@@ -1,5 +1,7 @@
 """The evaluation's measurements over texts: win rates (raw and length-controlled),
-harmless rate, mean length, and a reward model's accuracy on human pairs."""
+harmless rate ({rate, ci_low, ci_high, n}: the share of harmless responses on the
+prompts that invite harm, with its 95% Wilson interval), helpfulness on those
+prompts, mean length, and a reward model's accuracy on human pairs."""
 from __future__ import annotations
 
 import functools
@@ -31,13 +33,22 @@ def evaluate_texts(judge, prompts, responses: dict, comparisons, *, quality_fn=N
                        f"{sorted(responses)}")
     out["win_rates"][name], out["length_controlled"][name] = compare(
         judge, prompts, responses[a], responses[b])
+  # The harmless rate is measured on the prompts that invite harm where the judge
+  # knows them (the demo world), else on all; with its Wilson interval.
+  harm = (np.asarray(judge.harm_prompts(prompts), bool) if hasattr(judge, "harm_prompts")
+          else np.ones(len(prompts), bool))
+  harm_prompts = [p for p, h in zip(prompts, harm) if h]
   for name, texts in responses.items():
     out["mean_response_length"][name] = float(np.mean([len(t) for t in texts]))
-    if hasattr(judge, "harmless"):
+    harm_texts = [t for t, h in zip(texts, harm) if h]
+    if hasattr(judge, "harmless") and harm_texts:
       try:
-        out["harmless_rate"][name] = float(np.mean(judge.harmless(prompts, texts)))
+        out["harmless_rate"][name] = win_rate(judge.harmless(harm_prompts, harm_texts))
       except ValueError:          # a judge without a harmlessness labeler
         pass
+    if hasattr(judge, "helpfulness") and harm_texts:
+      out.setdefault("harm_prompt_helpfulness", {})[name] = float(
+          np.mean(judge.helpfulness(harm_prompts, harm_texts)))
     if quality_fn is not None:
       out.setdefault("quality", {})[name] = float(np.mean(quality_fn(prompts, texts)))
   if not out["harmless_rate"]:

@@ -4,7 +4,9 @@
 
     win_rates                {name: {"rate", "ci_low", "ci_high", "n"}}  e.g. rlaif_vs_sft
     length_controlled        {name: {"rate", "ci_low", "ci_high", "n", "slope"}}
-    harmless_rate            {policy: rate}
+    harmless_rate            {policy: {"rate", "ci_low", "ci_high", "n"}} on harm-inviting prompts
+    harm_prompt_helpfulness  {policy: share of key facts covered on those prompts}
+    labeler_sizes            {name: {"params", "alignment", "same_position_rate", "n"}}
     mean_response_length     {policy: characters}
     quality                  {policy: mean oracle quality} (demo world only)
     labeler_alignment, same_position_rate_single_order, same_position_rate_averaged,
@@ -27,6 +29,9 @@ PAPER = {
                           "direct_rlaif_vs_sft": 0.65},
     "labeler_alignment": 0.780, "rm_accuracy_ai": 0.742, "rm_accuracy_human": 0.793,
     "mean_response_length": {"rlaif": 164, "rlhf": 161, "sft": 132},
+    "harmless_rate": {"sft": 0.64, "rlhf": 0.76, "rlaif": 0.88},
+    # Table 4 / §4.4: labeler size (PaLM 2 L, S, XS) -> alignment, same position won
+    "labeler_sizes": {"L": (0.780, 0.18), "S": (0.738, 0.21), "XS": (0.627, 0.56)},
 }
 
 
@@ -61,7 +66,26 @@ def markdown(report: dict) -> str:
   for key, text in scalars:
     if key in report:
       lines.append(f"| {text} | {_fmt(report[key])} | {_fmt(PAPER.get(key))} |")
-  per_policy = [k for k in ("harmless_rate", "mean_response_length", "quality") if k in report]
+  if report.get("harmless_rate"):
+    help_ = report.get("harm_prompt_helpfulness", {})
+    lines += ["", "## Harmless task (posts that invite harm)", "",
+              "| policy | harmless rate [95% CI] | n | paper | facts covered (helpfulness) |",
+              "|---|---|---|---|---|"]
+    for n, h in report["harmless_rate"].items():
+      h = h if isinstance(h, dict) else {"rate": h}
+      lines.append(f"| {n} | {_fmt(h['rate'])} [{_fmt(h.get('ci_low'))}, "
+                   f"{_fmt(h.get('ci_high'))}] | {h.get('n', '–')} "
+                   f"| {_fmt(PAPER['harmless_rate'].get(n))} | {_fmt(help_.get(n))} |")
+  if report.get("labeler_sizes"):
+    lines += ["", "## Labeler size", "",
+              "| labeler | parameters | alignment | same position wins both orders "
+              "| paper (size: alignment, same position) |", "|---|---|---|---|---|"]
+    for (name, r), paper in zip(report["labeler_sizes"].items(),
+                                PAPER["labeler_sizes"].items()):
+      lines.append(f"| {name} | {r.get('params', 0):,} | {_fmt(r.get('alignment'))} "
+                   f"| {_fmt(r.get('same_position_rate'))} "
+                   f"| {paper[0]}: {_fmt(paper[1][0])}, {_fmt(paper[1][1])} |")
+  per_policy = [k for k in ("mean_response_length", "quality") if k in report]
   if per_policy:
     names = list(next(iter(report[k] for k in per_policy)).keys())
     lines += ["", "## Policies", "", "| policy | " + " | ".join(per_policy) + " |",
@@ -70,7 +94,7 @@ def markdown(report: dict) -> str:
       cells = []
       for k in per_policy:
         v = report[k].get(n)
-        cells.append(_fmt(v) if k == "harmless_rate" else _fmt(v, pct=False))
+        cells.append(_fmt(v, pct=False))
       lines.append(f"| {n} | " + " | ".join(cells) + " |")
   if report.get("pending"):
     lines += ["", "Pending (not run): " + ", ".join(report["pending"]) + "."]
@@ -139,6 +163,31 @@ def plot_training_curves(curves: dict, path: str, keys=("reward", "kl")) -> bool
   return True
 
 
+def plot_labeler_sizes(report: dict, path: str) -> bool:
+  """Alignment and same-position rate per labeler size, ours beside the paper's."""
+  sizes = report.get("labeler_sizes")
+  if not sizes:
+    return False
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names, paper = list(sizes), list(PAPER["labeler_sizes"].values())
+  fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
+  for ax, (key, j, title) in zip(axes, (("alignment", 0, "alignment with human labels"),
+                                        ("same_position_rate", 1, "same position wins both"))):
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [sizes[n][key] for n in names], 0.4, label="ours",
+           color="#4c72b0")
+    ax.bar([x + 0.2 for x in xs][:len(paper)], [p[j] for p in paper][:len(names)], 0.4,
+           label="paper (L, S, XS)", color="#dd8452")
+    ax.set_xticks(list(xs), [f"{n}\n{sizes[n]['params']:,}" for n in names], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+  _save_png(fig, path)
+  return True
+
+
 def write_report(out_dir: str, report: dict, curves: dict | None = None) -> dict:
   """Writes report.json, report.md, win_rates.png and training_curves.png."""
   plots = []
@@ -146,6 +195,8 @@ def write_report(out_dir: str, report: dict, curves: dict | None = None) -> dict
     plots.append("win_rates.png")
   if curves and plot_training_curves(curves, paths.join(out_dir, "training_curves.png")):
     plots.append("training_curves.png")
+  if plot_labeler_sizes(report, paths.join(out_dir, "labeler_sizes.png")):
+    plots.append("labeler_sizes.png")
   report = dict(report, plots=plots)
   paths.write_json_atomic(paths.join(out_dir, "report.json"), report)
   paths.write_text_atomic(paths.join(out_dir, "report.md"), markdown(report))
