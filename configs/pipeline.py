@@ -92,7 +92,7 @@ def get_config(variant: str = "demo"):
   p.dpo = _train(10 if tiny else 100, 32, 3e-4)
   # validation reward (the arm's own reward on held-out posts) picks each arm's policy
   p.rl = _train(4 if tiny else 160, 32, 3e-4, schedule="constant", warmup_steps=0, log_every=2,
-                eval_every=2 if tiny else 40, eval_batches=2)
+                eval_every=2 if tiny else 40, eval_batches=2, select="best")
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0,
                                          precompute_reference=False))
   c.rl = _rl_config()
@@ -100,7 +100,7 @@ def get_config(variant: str = "demo"):
   # all three (an RM on soft AI labels has margins ~20x smaller than one on votes);
   # β = 0.25 against unit rewards: at 0.05 the RLAIF policy over-optimised its RM
   # (shorter, and inventing facts) within 80 iterations
-  c.rl.update(temperature=1.0, kl_coef=0.25, reward_norm="batch", select="best")
+  c.rl.update(temperature=1.0, kl_coef=0.25, reward_norm="batch")
   # Direct RLAIF's own recipe, if any: pipeline.rl_direct.train / .rl override
   # pipeline.rl / rl for that arm only. Left the paper's (REINFORCE with a value
   # baseline). Measured on the demo labeler (48 posts x 8 SFT samples at T = 1):

@@ -67,9 +67,9 @@ def rl_config() -> ml_collections.ConfigDict:
       # Validation (the paper picks checkpoints by validation reward): every
       # train.eval_every iterations and at the end, the mean reward of responses to
       # up to train.eval_batches batches of held-out prompts (data.eval_jsonl_path or
-      # data.eval_split); the best policy so far is kept in <workdir>/best_model.
+      # data.eval_split); with train.select="best" the best policy so far is kept in
+      # <workdir>/best_model and becomes <workdir>/model.
       eval_temperature=0.0,      # 0 = greedy
-      select="last",             # what <workdir>/model holds: last | best (validation reward)
   ))
 
 

@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 0         # 0: only at the end
   c.train.eval_batches = 4
+  # What <workdir>/model holds: the last model, or the best by validation (the
+  # stage's held-out metric at each evaluation; kept in <workdir>/best_model).
+  c.train.select = "last"        # last | best
+  c.train.select_metric = ""     # "" = the stage's (sft, dpo: loss; rm: loss_labels; rl: reward)
   c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 2
   c.train.export_hf = False      # write the final policy as a HF directory

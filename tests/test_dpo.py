@@ -228,13 +228,11 @@ def test_learns_preference_rule_held_out(tmp_path, mesh):
 
   n_test = len(test["label"]) // 64 * 64
   batches = [global_batch(rows(test, i, i + 64), mesh) for i in range(0, n_test, 64)]
-  ref_fn = jax.jit(dpo.reference_logprobs, static_argnums=0)
-  with jax.set_mesh(mesh):
-    refs = [ref_fn(tr.graphdef, tr.frozen, b) for b in batches]
-    before = dpo.evaluate(tr.graphdef, tr.state["params"], batches, refs, c.dpo.beta)
+  batches = dpo.with_reference(batches, tr.graphdef, tr.frozen, mesh)
+  eval_metrics = dpo.make_eval_metrics(c.dpo.beta)
+  before = tr.evaluate(batches, eval_metrics)
   tr.fit(It())
-  with jax.set_mesh(mesh):
-    after = dpo.evaluate(tr.graphdef, tr.state["params"], batches, refs, c.dpo.beta)
+  after = tr.evaluate(batches, eval_metrics)
   assert before["accuracy_human"] < 0.6 and abs(before["loss"] - math.log(2)) < 1e-5, before
   assert after["accuracy_human"] > 0.9, after
   assert after["accuracy"] == after["accuracy_human"]        # hard test labels

@@ -7,7 +7,7 @@ import pytest
 
 from rlaif_jax.config import base_config
 from rlaif_jax.learners import reward
-from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.learners.trainer import Trainer, evaluate
 from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import ModelConfig, ScalarModel, init_sharded
 
@@ -76,8 +76,7 @@ def test_rm_learns_preference_rule_held_out(tmp_path, mesh):
   n_test = len(test["label"]) // 64 * 64
   batches = [global_batch({k: v[i:i + 64] for k, v in test.items()}, mesh)
              for i in range(0, n_test, 64)]
-  with jax.set_mesh(mesh):
-    ev = reward.evaluate(tr.graphdef, tr.state["params"], batches)
+  ev = tr.evaluate(batches, reward.eval_metrics)
   assert ev["accuracy_human"] >= 0.9, ev
   # normalisation: the mean reward on the reference set becomes 0
   final = tr.model()
@@ -85,5 +84,5 @@ def test_rm_learns_preference_rule_held_out(tmp_path, mesh):
   from flax import nnx
   graphdef, params = nnx.split(final)
   with jax.set_mesh(mesh):
-    after = reward.evaluate(graphdef, nnx.to_pure_dict(params), batches)
+    after = evaluate(graphdef, nnx.to_pure_dict(params), batches, reward.eval_metrics)
   assert abs(after["reward_mean"]) < 1e-4 and abs(after["accuracy_human"] - ev["accuracy_human"]) < 1e-9

@@ -108,21 +108,23 @@ def test_direct_labeler_reward_and_eos_in_rollouts(mesh, tmp_path):
 
 def test_validation_reward_keeps_the_best_policy(mesh, tmp_path):
   """Every eval_every iterations the greedy responses to the held-out prompts are
-  scored; best_model holds the policy of the best score, which an independent
-  greedy decode of that saved policy reproduces."""
+  scored; with train.select=best, best_model holds the policy of the best
+  score, which an independent greedy decode of that saved policy reproduces,
+  and it is what the stage keeps."""
+  from flax import nnx
   from rlaif_jax.learners.rl_rewards import lowercase_fraction
   from rlaif_jax.models import store
   from rlaif_jax.sampling import Sampler, SamplingConfig
   c = toy_config()
   with c.unlocked():
-    c.train.update(steps=9, eval_every=3, eval_batches=1)
+    c.train.update(steps=9, eval_every=3, eval_batches=1, select="best")
   lrn = learner(c, tmp_path, mesh)
   result = lrn.fit()
   rows = read_jsonl(tmp_path / "metrics" / "rl.jsonl")
   evals = {r["step"]: r["eval/reward"] for r in rows if "eval/reward" in r}
   assert sorted(evals) == [3, 6, 9]
   best_step = max(evals, key=evals.get)
-  assert result["best_iteration"] == best_step and result["best_eval_reward"] == evals[best_step]
+  assert result["best_step"] == best_step and result["best_eval/reward"] == evals[best_step]
 
   batch = lrn.validation_prompts()[0]
   policy = store.load(str(tmp_path / "best_model"), mesh, "lm")
@@ -132,6 +134,9 @@ def test_validation_reward_keeps_the_best_policy(mesh, tmp_path):
   texts = [lrn.tok.decode(t[:n], skip_special_tokens=True) for t, n in zip(out.tokens, out.lengths)]
   want = np.mean(lowercase_fraction(list(batch["prompt"]), texts))
   np.testing.assert_allclose(evals[best_step], want, rtol=1e-6)
+  chosen = lrn.trainer.chosen_model(lambda m: m.policy)
+  for x, y in zip(jax.tree.leaves(nnx.state(chosen)), jax.tree.leaves(nnx.state(policy))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # ------------------------------------------------------------ exact resume

@@ -148,3 +148,70 @@ def test_nan_stops_run_and_last_good_checkpoint_restores(tmp_path, mesh):
   it = ListIterator(batches)
   assert fresh.restore(it) == 5 and it.i == 5
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(fresh.state["params"]))
+
+
+# ------------------------------------------------------------ evaluation, keep-best
+
+def numpy_logits(model, mesh, batch):
+  with jax.set_mesh(mesh):
+    logits, _ = nnx.jit(lambda m, t, k: m(t, k))(model, batch["tokens"], batch["mask"])
+  return np.asarray(logits, np.float64)
+
+
+def test_evaluate_is_the_token_mean_over_all_batches(tmp_path, mesh):
+  """Two held-out batches with very different response token counts: eval loss
+  is Σ NLL / Σ tokens over both (numpy), not the mean of the batches' means."""
+  from rlaif_jax.learners.sft import eval_metrics, with_perplexity
+  model = init_sharded(lambda r: Transformer(CFG, r), mesh)
+  trainer = Trainer(train_config(10), str(tmp_path), mesh, model, sft_loss)
+  long, short = make_batch(seed=1, prompt=2), make_batch(seed=2, prompt=9)
+  for _ in range(10):           # `long` partly memorised: the batches' losses differ
+    trainer.step(long)
+  model = trainer.model()
+  ev = with_perplexity(trainer.evaluate([global_batch(b, mesh) for b in (long, short)],
+                                        eval_metrics))
+  both = {k: np.concatenate([long[k], short[k]]) for k in long}
+  want = reference_nll(np.concatenate([numpy_logits(model, mesh, long),
+                                       numpy_logits(model, mesh, short)]), both)
+  np.testing.assert_allclose(ev["loss"], want, rtol=1e-5)
+  np.testing.assert_allclose(ev["perplexity"], np.exp(want), rtol=1e-5)
+  mean_of_means = (reference_nll(numpy_logits(model, mesh, long), long) +
+                   reference_nll(numpy_logits(model, mesh, short), short)) / 2
+  assert abs(mean_of_means - want) > 0.05 * want      # the check has teeth
+
+
+def test_select_best_keeps_the_lowest_eval_loss_model(tmp_path, mesh, monkeypatch):
+  """The SFT stage with train.select=best: held-out batch A; 8 steps on A, then
+  8 on B (A's prompts, responses of other tokens), so the held-out loss falls, then rises.
+  model/ is the model of the lowest logged eval/loss: reloaded, a numpy NLL of
+  its logits on A reproduces that loss (not the last model's). The best
+  validation is in the checkpoint (a resumed run ranks against it)."""
+  from rlaif_jax.config import load_config_file
+  from rlaif_jax.learners import sft
+  from rlaif_jax.learners.metrics import read_jsonl
+  from rlaif_jax.models import store
+  a = make_batch(seed=4)
+  # B's responses use other tokens than A's: learning them unlearns A's
+  b = dict(a, tokens=np.where(a["response_mask"], a["tokens"] + 64, a["tokens"]))
+  c = load_config_file("configs/sft.py:toy")
+  c.train.update(batch_size=8, steps=16, lr=1e-2, warmup_steps=0, schedule="constant",
+                 log_every=2, eval_every=2, checkpoint_every=1000, select="best")
+  sft.validate(c, mesh)
+  monkeypatch.setattr(sft, "prepare_data", lambda config, workdir: None)
+  monkeypatch.setattr(sft, "data_iterator", lambda *args: ListIterator([a] * 8 + [b] * 8))
+  monkeypatch.setattr(sft, "eval_batches", lambda *args: [global_batch(a, mesh)])
+  result = sft.run(c, str(tmp_path), mesh)
+
+  evals = {r["step"]: r["eval/loss"] for r in read_jsonl(tmp_path / "metrics" / "sft.jsonl")
+           if "eval/loss" in r}
+  assert sorted(evals) == list(range(2, 17, 2))
+  best = min(evals, key=evals.get)
+  assert 2 < best < 16 and evals[16] > evals[best] + 0.5, evals    # it fell, then rose
+  assert result["best_step"] == best and result["best_eval/loss"] == evals[best]
+  assert result["eval/loss"] == evals[16]                          # the last evaluation
+  kept = store.load(str(tmp_path / "model"), mesh)
+  np.testing.assert_allclose(reference_nll(numpy_logits(kept, mesh, a), a), evals[best],
+                             rtol=1e-5)
+  fresh = Trainer(c, str(tmp_path), mesh, kept, sft_loss, name="sft")
+  assert fresh.restore() == 16 and fresh.best == {"step": best, "metric": "loss",
+                                                  "value": evals[best]}

@@ -40,7 +40,7 @@ from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prep
 from rlaif_jax.data.pipeline import make_iterator
 from rlaif_jax.data.sources import open_source
 from rlaif_jax.learners.sft import next_token_logits, response_nll
-from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.learners.trainer import Trainer, selection
 from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import store
 from rlaif_jax.models.build import build, check_model
@@ -226,26 +226,30 @@ def reference_cache(config, tok, mesh, graphdef, ref_params) -> dict:
 
 # ------------------------------------------------------------------ eval
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _eval_sums(graphdef, params, batch, ref, beta, label_smoothing):
-  pi_a, pi_b = pair_logprobs(nnx.merge(graphdef, params), batch)
-  stats = pair_stats(pi_a, pi_b, ref[0], ref[1], batch, beta, label_smoothing)
-  out = {}
-  for k, (v, w) in stats.items():
-    out[k] = jnp.sum(jnp.where(w, v.astype(jnp.float32), 0.0))
-    out[k + "/count"] = jnp.sum(w)
-  return out
+def make_eval_metrics(beta: float, label_smoothing: float = 0.0):
+  """metric_fn(model, batch) for `Trainer.evaluate` (make it once: it is a static
+  argument of the jitted evaluation). Loss, implicit-reward accuracy (soft-label
+  argmax and human labels), margin and chosen/rejected log-prob drift; the
+  reference's log-probs come with the batch (`with_reference`)."""
+  def eval_metrics(model, batch) -> dict:
+    pi_a, pi_b = pair_logprobs(model, batch)
+    return pair_stats(pi_a, pi_b, batch["ref_logp_a"], batch["ref_logp_b"], batch, beta,
+                      label_smoothing)
+  return eval_metrics
 
 
-def evaluate(graphdef, params, batches, refs, beta: float, label_smoothing: float = 0.0) -> dict:
-  """Loss, implicit-reward accuracy (soft-label argmax and human labels), margin and
-  chosen/rejected log-prob drift over held-out `batches` with reference log-probs `refs`."""
-  tot = {}
-  for batch, ref in zip(batches, refs):
-    for k, v in _eval_sums(graphdef, params, batch, ref, beta, label_smoothing).items():
-      tot[k] = tot.get(k, 0.0) + float(v)
-  return {k: tot[k] / tot[k + "/count"] for k in tot
-          if not k.endswith("/count") and tot[k + "/count"] > 0}
+def with_reference(batches, graphdef, ref_params, mesh) -> list[dict]:
+  """Held-out batches with the reference's log-probs attached (ref_logp_a/_b),
+  computed once while the reference is still on device."""
+  fn = jax.jit(functools.partial(reference_logprobs, graphdef))
+  with jax.set_mesh(mesh):
+    refs = [fn(ref_params, b) for b in batches]
+  return [{**b, "ref_logp_a": a, "ref_logp_b": b_} for b, (a, b_) in zip(batches, refs)]
+
+
+# validation metrics and which way is better (train.select_metric)
+EVAL_METRICS = {"loss": "min", "accuracy": "max", "accuracy_human": "max",
+                "reward_margin": "max"}
 
 
 # ------------------------------------------------------------------ stage
@@ -268,6 +272,7 @@ def validate(config, mesh) -> None:
     raise ConfigError(f"dpo.beta={d.beta} must be a positive number (0.1 is the usual value)")
   if not 0.0 <= d.label_smoothing < 0.5:
     raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} must be in [0, 0.5)")
+  selection(config, EVAL_METRICS, "loss")
 
 
 def run(config, workdir: str, mesh) -> dict:
@@ -276,23 +281,16 @@ def run(config, workdir: str, mesh) -> dict:
   tok = load_tokenizer(config.model.tokenizer)
   model = build(config.model, mesh, "lm", tok, config.seed)    # the SFT policy (or scratch for toy)
   trainer = make_trainer(config, workdir, mesh, model)
-  held_out = eval_batches(config, tok, "pairs", mesh)
-  ref_fn = jax.jit(functools.partial(reference_logprobs, trainer.graphdef))
-  with jax.set_mesh(mesh):
-    held_out_refs = [ref_fn(trainer.frozen, b) for b in held_out]
-  beta, eps = config.dpo.beta, config.dpo.label_smoothing
-
-  def eval_fn():
-    with jax.set_mesh(mesh):
-      return (evaluate(trainer.graphdef, trainer.state["params"], held_out, held_out_refs,
-                       beta, eps) if held_out else {})
-
+  held_out = with_reference(eval_batches(config, tok, "pairs", mesh), trainer.graphdef,
+                            trainer.frozen, mesh)
+  eval_metrics = make_eval_metrics(config.dpo.beta, config.dpo.label_smoothing)
   data = data_iterator(config, tok, "pairs")
   if config.dpo.precompute_reference:
     data = WithReference(data, reference_cache(config, tok, mesh, trainer.graphdef,
                                                trainer.frozen))
     trainer.frozen = None      # no longer needed on device
-  result = trainer.fit(data, eval_fn,
-                       tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])))
-  store.save(trainer.model(), os.path.join(workdir, "model"))
+  result = trainer.fit(data, (lambda: trainer.evaluate(held_out, eval_metrics)) if held_out else None,
+                       tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])),
+                       best_by=selection(config, EVAL_METRICS, "loss"))
+  store.save(trainer.chosen_model(), os.path.join(workdir, "model"))
   return result

@@ -15,7 +15,6 @@ then sees rewards centred where its policy starts.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -25,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
-from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.learners.trainer import Trainer, evaluate, selection
 from rlaif_jax.models import store
 from rlaif_jax.models.build import build, check_model
 from rlaif_jax.models.tokenizer import load_tokenizer
@@ -56,41 +55,28 @@ def rm_loss(model, batch, rng=None):
       "margin": jnp.mean(jnp.abs(r1 - r2)), "weight": jnp.float32(r1.shape[0])}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_sums(graphdef, params, batch):
-  r1, r2 = pair_rewards(nnx.merge(graphdef, params), batch)
+def eval_metrics(model, batch) -> dict:
+  """Held-out metrics for `Trainer.evaluate`: accuracy against the human labels
+  (hard; pairs with one and no tie), the loss against the training labels
+  (labeled pairs) and the mean reward of all responses."""
+  r1, r2 = pair_rewards(model, batch)
   h, p = batch["human_label"], batch["label"]
-  has_h = (h >= 0) & (h != 0.5)
-  has_p = p >= 0
   return {
-      "human_correct": jnp.sum(jnp.where(has_h, (r1 > r2) == (h > 0.5), False)),
-      "human_count": jnp.sum(has_h),
-      "loss_sum": jnp.sum(jnp.where(has_p, soft_label_loss(r1, r2, jnp.clip(p, 0, 1)), 0.0)),
-      "label_count": jnp.sum(has_p),
-      "reward_sum": jnp.sum(r1) + jnp.sum(r2),
-      "reward_count": 2 * r1.shape[0],
+      "accuracy_human": ((r1 > r2) == (h > 0.5), (h >= 0) & (h != 0.5)),
+      "loss_labels": (soft_label_loss(r1, r2, jnp.clip(p, 0, 1)), p >= 0),
+      "reward_mean": (jnp.concatenate([r1, r2]), jnp.ones(2 * r1.shape[0])),
   }
 
 
-def evaluate(graphdef, params, batches) -> dict:
-  """Accuracy against human labels (hard) and mean loss against the training labels."""
-  tot = {}
-  for batch in batches:
-    for k, v in _eval_sums(graphdef, params, batch).items():
-      tot[k] = tot.get(k, 0.0) + float(v)
-  out = {"reward_mean": tot.get("reward_sum", 0.0) / max(tot.get("reward_count", 1.0), 1.0)}
-  if tot.get("human_count"):
-    out["accuracy_human"] = tot["human_correct"] / tot["human_count"]
-  if tot.get("label_count"):
-    out["loss_labels"] = tot["loss_sum"] / tot["label_count"]
-  return out
+# validation metrics and which way is better (train.select_metric)
+EVAL_METRICS = {"loss_labels": "min", "accuracy_human": "max"}
 
 
 def normalize(model, batches, mesh) -> float:
   """Shifts the head bias so the mean reward over `batches` is 0; returns the shift."""
   graphdef, params = nnx.split(model)
   with jax.set_mesh(mesh):
-    mean = evaluate(graphdef, nnx.to_pure_dict(params), batches)["reward_mean"]
+    mean = evaluate(graphdef, nnx.to_pure_dict(params), batches, eval_metrics)["reward_mean"]
   model.head_bias[...] = model.head_bias[...] - mean
   return mean
 
@@ -100,6 +86,7 @@ def validate(config, mesh) -> None:
   del mesh   # nothing here depends on the device layout
   check_model(config.model)
   check_data(config, "pairs")
+  selection(config, EVAL_METRICS, "loss_labels")
 
 
 def run(config, workdir: str, mesh) -> dict:
@@ -108,14 +95,11 @@ def run(config, workdir: str, mesh) -> dict:
   model = build(config.model, mesh, "scalar", tok, config.seed)
   trainer = Trainer(config, workdir, mesh, model, rm_loss, name="rm")
   held_out = eval_batches(config, tok, "pairs", mesh)
-
-  def eval_fn():
-    with jax.set_mesh(mesh):
-      return evaluate(trainer.graphdef, trainer.state["params"], held_out) if held_out else {}
-
-  result = trainer.fit(data_iterator(config, tok, "pairs"), eval_fn,
-                       tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])))
-  final = trainer.model()
+  result = trainer.fit(data_iterator(config, tok, "pairs"),
+                       (lambda: trainer.evaluate(held_out, eval_metrics)) if held_out else None,
+                       tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])),
+                       best_by=selection(config, EVAL_METRICS, "loss_labels"))
+  final = trainer.chosen_model()
   if config.train.get("normalize_rewards") and held_out:
     shift = normalize(final, held_out, mesh)
     result["reward_shift"] = shift

@@ -51,25 +51,28 @@ and scorers run on the global mesh, the reward function sees every row, and
 each process feeds its own block of rows to the sharded train step – so 2
 processes × 4 devices sample and train exactly as 1 × 8 does.
 
+The loop is the shared `Trainer.fit`: an RL iteration (rollout, updates, β)
+is its iteration callback, so cadence, logging, checkpoints, preemption and
+keep-best are those of every learner; `train.*_every` count iterations.
+
 Checkpoint choice (the paper: checkpoints with high validation reward): every
 `train.eval_every` iterations and at the end, the policy answers held-out
 prompts (`data.eval_jsonl_path` or `data.eval_split`) at `rl.eval_temperature`
-and the run's own reward source scores them (`eval/reward`); the best policy
-so far is saved to <workdir>/best_model, and `rl.select="best"` makes it the
-stage's <workdir>/model. Being the training reward on unseen posts, it guards
-against a policy that degrades late in the run, not against over-optimising a
-reward model (the same RM judges both).
+and the run's own reward source scores them (`eval/reward`); with
+`train.select="best"` the best policy so far is saved to <workdir>/best_model
+and becomes the stage's <workdir>/model. Being the training reward on unseen
+posts, it guards against a policy that degrades late in the run, not against
+over-optimising a reward model (the same RM judges both).
 
-Exact resume: the checkpoint holds the train state and, through the iterator
-hook of `Trainer.save`, the prompt iterator's position, β, the running reward
-statistics and the best validation result; each rollout's sampling seed is a
-function of the config seed and the iteration number. A killed run restarts at its last checkpoint
-and reproduces the uninterrupted run bit for bit.
+Exact resume: the checkpoint holds the train state, the best validation result
+and, through the iterator hook of `Trainer.save`, the prompt iterator's
+position, β and the running reward statistics; each rollout's sampling seed is
+a function of the config seed and the iteration number. A killed run restarts
+at its last checkpoint and reproduces the uninterrupted run bit for bit.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import time
@@ -79,23 +82,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from rlaif_jax.config import ConfigError
 from rlaif_jax.data.batches import check_data, data_iterator, heldout_batches, prepare_data
 from rlaif_jax.labeler.config import validate_labeler
 from rlaif_jax.learners import rl_losses as L
-from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.learners.rl_algorithms import ALGORITHMS
 from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
-from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.learners.trainer import Trainer, selection
 from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding, to_host
 from rlaif_jax.models import store
 from rlaif_jax.models.build import build, check_model, checkpoint_format
 from rlaif_jax.models.sharding import copy_params
 from rlaif_jax.models.tokenizer import load_tokenizer
-from rlaif_jax.preemption import Watcher
 from rlaif_jax.sampling import Sampler, SamplingConfig
+
+# validation metrics and which way is better (train.select_metric)
+EVAL_METRICS = {"reward": "max"}
 
 TRAIN_KEYS = ("tokens", "mask", "response_mask", "old_logp", "old_values", "advantages", "returns",
               "ref_logp", "kl_coef")
@@ -232,19 +235,17 @@ class RolloutState:
 
   def __init__(self, prompts, beta: float):
     self.prompts, self.beta, self.reward_stats = prompts, float(beta), [0, 0.0, 0.0]
-    self.best = {"iteration": 0, "reward": None}   # best validation reward so far
 
   def __next__(self):
     return next(self.prompts)
 
   def get_state(self):
     return {"prompts": self.prompts.get_state(), "beta": self.beta,
-            "reward_stats": list(self.reward_stats), "best": dict(self.best)}
+            "reward_stats": list(self.reward_stats)}
 
   def set_state(self, state):
     self.prompts.set_state(state["prompts"])
     self.beta, self.reward_stats = float(state["beta"]), list(state["reward_stats"])
-    self.best = dict(state.get("best", self.best))
 
 
 def rollout_seed(seed: int, iteration: int) -> int:
@@ -396,57 +397,33 @@ class RLLearner:
           sums[key] = sums.get(key, 0.0) + v / self.updates
     return sums
 
+  def iteration(self, state: RolloutState, step: int) -> dict:
+    """RL iteration `step` (1-based) for `Trainer.fit`: a rollout, its updates,
+    then β; returns the rollout's and the updates' metrics and samples."""
+    t0 = time.perf_counter()
+    ro = self.rollout(all_rows(next(state)), step - 1, state)
+    metrics = self.rollout_metrics(ro, state.beta)
+    metrics.update(self.update(ro, step - 1))
+    metrics["seconds_per_iteration"] = time.perf_counter() - t0
+    if self.r.adaptive_kl:
+      state.beta = L.adaptive_kl_coef(state.beta, metrics["kl"], self.r.kl_target,
+                                      self.r.kl_horizon, len(ro["tokens"]), self.alg.max_beta)
+    samples = [{"prompt": p, "response": s, "reward": float(x)} for p, s, x in
+               zip(ro["prompts"], ro["responses"], ro["raw"])][:self.r.log_samples]
+    return {**metrics, "samples": samples} if samples else metrics
+
   def fit(self) -> dict:
-    c, r = self.config, self.r
-    state = RolloutState(data_iterator(c, self.tok, "prompts"), r.kl_coef)
-    start = self.trainer.restore(state) // self.updates
-    writer = MetricsWriter(self.workdir, "rl")
-    bar = tqdm(total=c.train.steps, initial=start, desc="rl", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
-    last = {}
+    """`train.steps` iterations through `Trainer.fit` (validation reward as its
+    evaluation, the policy as what keep-best keeps)."""
+    state = RolloutState(data_iterator(self.config, self.tok, "prompts"), self.r.kl_coef)
     validation = self.validation_prompts()
-    watch = Watcher("rl").start()     # SIGTERM: finish this iteration, save it, exit 75
-    try:
-      for it in range(start, c.train.steps):
-        t0 = time.perf_counter()
-        ro = self.rollout(all_rows(next(state)), it, state)
-        metrics = self.rollout_metrics(ro, state.beta)
-        metrics.update(self.update(ro, it))
-        metrics["seconds_per_iteration"] = time.perf_counter() - t0
-        if r.adaptive_kl:
-          state.beta = L.adaptive_kl_coef(
-              state.beta, metrics["kl"], r.kl_target, r.kl_horizon, len(ro["tokens"]),
-              self.alg.max_beta)
-        step = it + 1
-        if validation and ((c.train.eval_every and step % c.train.eval_every == 0)
-                           or step == c.train.steps):
-          metrics["eval/reward"] = self.validation_reward(validation)
-          if state.best["reward"] is None or metrics["eval/reward"] > state.best["reward"]:
-            state.best = {"iteration": step, "reward": metrics["eval/reward"]}
-            store.save(self.trainer.model().policy, os.path.join(self.workdir, "best_model"))
-        last = metrics
-        if step % c.train.log_every == 0 or step == c.train.steps:
-          samples = [{"prompt": p, "response": s, "reward": float(x)} for p, s, x in
-                     zip(ro["prompts"], ro["responses"], ro["raw"])][:r.log_samples]
-          writer.write(step, metrics, {"samples": samples} if samples else None)
-          logging.info("rl %d: reward %.4f kl %.4f len %.1f | %s", step, metrics["reward"],
-                       metrics["kl"], metrics["response_length"], samples[:1])
-          bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
-        preempted = watch.reached(step)
-        if preempted or step % c.train.checkpoint_every == 0 or step == c.train.steps:
-          self.trainer.save(state, force=preempted)
-        if preempted:
-          self.trainer.ckpt.wait_until_finished()
-          watch.stop(step, str(self.trainer.ckpt.directory), unit="iteration")
-        bar.update(1)
-    finally:
-      bar.close()
-      writer.close()
-      self.trainer.ckpt.wait_until_finished()
-      watch.close()
-    if state.best["reward"] is not None:
-      last.update({"best_iteration": state.best["iteration"], "best_eval_reward": state.best["reward"]})
-    return last
+    evaluate = (lambda: {"reward": self.validation_reward(validation)}) if validation else None
+    describe = lambda step, m: (f"rl {step}: reward {m['reward']:.4f} kl {m['kl']:.4f} "
+                                f"len {m['response_length']:.1f} | {m.get('samples', [])[:1]}")
+    return self.trainer.fit(state, evaluate, functools.partial(self.iteration, state),
+                            steps=self.config.train.steps, unit="iteration",
+                            best_by=selection(self.config, EVAL_METRICS, "reward"),
+                            keep=lambda m: m.policy, log_keys=("reward", "kl"), describe=describe)
 
 
 # ------------------------------------------------------------------ stage
@@ -490,8 +467,7 @@ def validate(config, mesh) -> None:
     raise ConfigError(f"train.batch_size={config.train.batch_size} x {alg.group_size(r)} "
                       f"responses per prompt must split into rl.minibatches={mb} minibatches of a "
                       f"multiple of data*fsdp*train.grad_accum={dp}*{accum} rows")
-  if r.select not in ("last", "best"):
-    raise ConfigError(f"rl.select={r.select!r}: use last or best")
+  selection(config, EVAL_METRICS, "reward")
   if r.eval_temperature < 0:
     raise ConfigError(f"rl.eval_temperature={r.eval_temperature} must be >= 0")
 
@@ -503,15 +479,9 @@ def run(config, workdir: str, mesh) -> dict:
   learner = RLLearner(config, workdir, mesh, tok, build_models(config, mesh, tok),
                       make_reward(config, mesh))
   result = learner.fit()
+  # train.select=best: the paper's choice, the policy of highest validation reward
+  store.save(learner.trainer.chosen_model(lambda m: m.policy), os.path.join(workdir, "model"))
   model = learner.trainer.model()
-  policy = model.policy
-  if config.rl.select == "best" and "best_iteration" in result:
-    # the paper's choice: the checkpoint with the highest validation reward (read
-    # back through the store: collective on several hosts, any filesystem)
-    policy = store.load(os.path.join(workdir, "best_model"), mesh)
-    logging.info("rl: model/ is the iteration-%d policy (validation reward %.4f)",
-                 result["best_iteration"], result["best_eval_reward"])
-  store.save(policy, os.path.join(workdir, "model"))
   if model.value is not None:
     store.save(model.value, os.path.join(workdir, "value"))
   return result

@@ -7,19 +7,16 @@ positions, so the prompt conditions the response but is never itself trained.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
-from rlaif_jax.learners.trainer import Trainer
+from rlaif_jax.learners.trainer import Trainer, selection
 from rlaif_jax.models import store
 from rlaif_jax.models.build import build, check_model
 from rlaif_jax.models.hf import export_hf
@@ -57,20 +54,18 @@ def sft_loss(model, batch, rng=None):
   return jnp.sum(jnp.where(w > 0, nll, 0.0)) / jnp.maximum(n, 1.0), {"weight": n}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _nll_sums(graphdef, params, batch):
-  nll, w = token_nll(nnx.merge(graphdef, params), batch)
-  return jnp.sum(nll * w), jnp.sum(w)
+def eval_metrics(model, batch) -> dict:
+  """Held-out response NLL, weighted by response tokens (`Trainer.evaluate`)."""
+  return {"loss": token_nll(model, batch)}
 
 
-def evaluate(graphdef, params, batches) -> dict:
-  """Token-weighted mean response NLL and perplexity over `batches`."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    s, n = _nll_sums(graphdef, params, batch)
-    total, count = total + float(s), count + float(n)
-  loss = total / max(count, 1.0)
-  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+# validation metrics and which way is better (train.select_metric)
+EVAL_METRICS = {"loss": "min", "perplexity": "min"}
+
+
+def with_perplexity(ev: dict) -> dict:
+  """exp of the token-mean NLL (capped: a diverged model's loss overflows exp)."""
+  return {**ev, "perplexity": math.exp(min(ev["loss"], 50.0))} if "loss" in ev else ev
 
 
 def validate(config, mesh) -> None:
@@ -78,6 +73,7 @@ def validate(config, mesh) -> None:
   del mesh   # nothing here depends on the device layout
   check_model(config.model)
   check_data(config, "sft")
+  selection(config, EVAL_METRICS, "loss")
 
 
 def run(config, workdir: str, mesh) -> dict:
@@ -86,16 +82,15 @@ def run(config, workdir: str, mesh) -> dict:
   model = build(config.model, mesh, "lm", tok, config.seed)
   trainer = Trainer(config, workdir, mesh, model, sft_loss, name="sft")
   held_out = eval_batches(config, tok, "sft", mesh)
-
-  def eval_fn():
-    with jax.set_mesh(mesh):
-      return evaluate(trainer.graphdef, trainer.state["params"], held_out) if held_out else {}
-
-  result = trainer.fit(data_iterator(config, tok, "sft"), eval_fn,
-                       tokens_per_batch=lambda b: int(np.sum(b["mask"])))
-  store.save(trainer.model(), os.path.join(workdir, "model"))
+  evaluate = (lambda: with_perplexity(trainer.evaluate(held_out, eval_metrics))) if held_out \
+      else None
+  result = trainer.fit(data_iterator(config, tok, "sft"), evaluate,
+                       tokens_per_batch=lambda b: int(np.sum(b["mask"])),
+                       best_by=selection(config, EVAL_METRICS, "loss"))
+  final = trainer.chosen_model()
+  store.save(final, os.path.join(workdir, "model"))
   if config.train.export_hf:
     out = os.path.join(workdir, "hf")
-    export_hf(trainer.model(), out, tokenizer=tok)
+    export_hf(final, out, tokenizer=tok)
     logging.info("exported the SFT policy to %s", out)
   return result

@@ -1,6 +1,8 @@
 """Training machinery shared by every learner (SFT, RM, RL, DPO).
 
-A learner supplies a model and a loss; `Trainer` owns everything else:
+A learner supplies a model, a loss and, where one step is more than "next
+batch, one optimiser step" (RL: rollout, then its updates), an iteration;
+`Trainer` owns everything else:
 
   state  = {"params", "opt_state", "step", "rng"}   a pure pytree, sharded
   step   : jit(state, batch) -> (state', metrics)   explicit in/out shardings,
@@ -16,16 +18,23 @@ A learner supplies a model and a loss; `Trainer` owns everything else:
            no checkpoint is ever written past it.
   SIGTERM: the step in flight is finished and saved (the same step on every
            host), then the process exits 75 (rlaif_jax.preemption).
+  fit    : the one loop – cadence of logging, evaluation and checkpoints,
+           keep-best by a validation metric (`train.select`), resume.
+  evaluate: token- or row-weighted means of a learner's metrics over held-out
+           batches.
 """
 from __future__ import annotations
 
 import base64
+import functools
 import logging
+import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -33,12 +42,63 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from rlaif_jax import paths
+from rlaif_jax.errors import ConfigError
 from rlaif_jax.learners.metrics import MetricsWriter
 from rlaif_jax.mesh import batch_sharding, global_batch
+from rlaif_jax.models import store
 from rlaif_jax.preemption import Watcher
 
 # loss_fn(model, batch, rng[, frozen]) -> (scalar loss, {metric: scalar})
 LossFn = Callable[..., tuple[jax.Array, dict]]
+# metric_fn(model, batch) -> {metric: (values, weights)}, arrays of one shape each
+MetricFn = Callable[..., dict]
+
+SELECT = ("last", "best")
+
+
+def selection(config, directions: dict[str, str], default: str) -> tuple[str, str]:
+  """(metric, "min" | "max") that ranks validations: `train.select_metric`, or
+  the stage's `default`, with its direction from the stage's table. Raises
+  ConfigError for an unknown `train.select` or a metric the stage does not
+  compute (a stage's `validate` calls this, before anything is built)."""
+  t = config.train
+  if t.select not in SELECT:
+    raise ConfigError(f"train.select={t.select!r}: use last or best (by train.select_metric)")
+  metric = t.select_metric or default
+  if metric not in directions:
+    raise ConfigError(f"train.select_metric={metric!r}: this stage validates "
+                      f"{', '.join(directions)}")
+  return metric, directions[metric]
+
+
+# ------------------------------------------------------------------ evaluation
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _metric_sums(metric_fn, graphdef, params, batch):
+  out = {}
+  for k, (v, w) in metric_fn(nnx.merge(graphdef, params), batch).items():
+    w = jnp.asarray(w, jnp.float32)
+    # select, not multiply: a value at a weight-0 position (padding) may be inf
+    out[k] = (jnp.sum(jnp.where(w > 0, jnp.asarray(v, jnp.float32) * w, 0.0)), jnp.sum(w))
+  return out
+
+
+def evaluate(graphdef, params, batches, metric_fn: MetricFn) -> dict:
+  """Weighted means over held-out `batches`: for each metric k of
+  `metric_fn(model, batch) -> {k: (v, w)}`,
+
+      mean_k = Σ_batches Σ_i w_i·v_i / Σ_batches Σ_i w_i
+
+  (w: 0/1 masks or counts – response tokens for a token mean, labeled pairs for
+  a pair mean), so a batch counts by its weight, not as one. A metric whose
+  weights sum to 0 over every batch is left out. Call under the mesh; the
+  sums are taken on device, the division on the host in float64."""
+  tot = {}
+  for batch in batches:
+    for k, (s, n) in jax.device_get(_metric_sums(metric_fn, graphdef, params, batch)).items():
+      a, b = tot.get(k, (0.0, 0.0))
+      tot[k] = (a + float(s), b + float(n))
+  return {k: s / n for k, (s, n) in tot.items() if n > 0}
 
 
 def make_schedule(t, total_steps: int):
@@ -154,6 +214,8 @@ class Trainer:
     self.state_sharding = {"params": param_sh, "opt_state": opt_sh,
                            "step": replicated, "rng": replicated}
     self._step_fn = None
+    # the best validation so far, {"step", "metric", "value"} (checkpointed: `fit`)
+    self.best = None
     if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
       # An abstract model (rlaif_jax.aot): shapes and shardings only, nothing
       # allocated, no checkpoints; `lower_step` still gives the real step.
@@ -172,7 +234,8 @@ class Trainer:
     ckpt_dir = paths.path(workdir) / "checkpoints"
     self.ckpt = ocp.CheckpointManager(
         ckpt_dir, item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                 "data": ocp.JsonCheckpointHandler()},
+                                 "data": ocp.JsonCheckpointHandler(),
+                                 "loop": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             max_to_keep=self.t.keep_checkpoints, enable_async_checkpointing=True,
             create=True))
@@ -180,6 +243,28 @@ class Trainer:
   # ------------------------------------------------------------------ model
   def model(self, params=None) -> nnx.Module:
     return nnx.merge(self.graphdef, self.state["params"] if params is None else params)
+
+  @property
+  def best_dir(self) -> str:
+    return paths.join(self.workdir, "best_model")
+
+  def chosen_model(self, part: Callable[[nnx.Module], nnx.Module] = lambda m: m) -> nnx.Module:
+    """What the stage saves as its model/: under `train.select="best"` the best
+    validated model (read back from best_model/ through the store: collective
+    on several hosts, any filesystem), else `part` of the last one."""
+    if self.t.select == "best":
+      if self.best is not None:
+        logging.info("%s: model/ is the step-%d model (validation %s %.4f)", self.name,
+                     self.best["step"], self.best["metric"], self.best["value"])
+        return store.load(self.best_dir, self.mesh)
+      logging.warning("%s: train.select=best but nothing was validated (no held-out data); "
+                      "model/ is the last model", self.name)
+    return part(self.model())
+
+  def evaluate(self, batches, metric_fn: MetricFn) -> dict:
+    """`evaluate` (above) of the current params."""
+    with jax.set_mesh(self.mesh):
+      return evaluate(self.graphdef, self.state["params"], batches, metric_fn)
 
   # ------------------------------------------------------------------ step
   def _train_step(self, state, batch, frozen=None):
@@ -244,7 +329,8 @@ class Trainer:
   # ------------------------------------------------------------ checkpoints
   def save(self, data_iter=None, force: bool = False) -> None:
     step = int(self.state["step"])
-    items = {"state": ocp.args.StandardSave(self.state)}
+    items = {"state": ocp.args.StandardSave(self.state),
+             "loop": ocp.args.JsonSave({"best": self.best})}
     if data_iter is not None and hasattr(data_iter, "get_state"):
       items["data"] = ocp.args.JsonSave(_encode_iter_state(data_iter.get_state()))
     self.ckpt.save(step, args=ocp.args.Composite(**items), force=force)
@@ -258,72 +344,157 @@ class Trainer:
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
         self.state, self.state_sharding)
     items = {"state": ocp.args.StandardRestore(abstract)}
-    has_data = "data" in (self.ckpt.item_metadata(step) or {})
-    if data_iter is not None and has_data:
+    saved = self.ckpt.item_metadata(step) or {}
+    has_data = data_iter is not None and "data" in saved
+    if has_data:
       items["data"] = ocp.args.JsonRestore()
+    if "loop" in saved:
+      items["loop"] = ocp.args.JsonRestore()
     restored = self.ckpt.restore(step, args=ocp.args.Composite(**items))
     self.state = restored["state"]
-    if data_iter is not None and has_data:
+    if has_data:
       data_iter.set_state(_decode_iter_state(restored["data"]))
+    if "loop" in saved:
+      self.best = restored["loop"]["best"]
     logging.info("%s: resumed from step %d", self.name, step)
     return step
 
   # ------------------------------------------------------------------ loop
-  def fit(self, data_iter: Iterator[dict], eval_fn: Callable[[], dict] | None = None,
-          tokens_per_batch: Callable[[dict], int] | None = None) -> dict:
-    """Runs to `total_steps`, resuming from the workdir; returns the last metrics."""
-    start = self.restore(data_iter)
+  def fit(self, data_iter, evaluate: Callable[[], dict] | None = None,
+          iteration: Callable[[int], dict] | None = None, *, steps: int | None = None,
+          unit: str = "step", tokens_per_batch: Callable[[dict], int] | None = None,
+          best_by: tuple[str, str] | None = None,
+          keep: Callable[[nnx.Module], nnx.Module] = lambda m: m,
+          log_keys: tuple[str, ...] = ("loss",),
+          describe: Callable[[int, dict], str] | None = None) -> dict:
+    """Runs iterations 1 … `steps` (default `total_steps`), resuming from the
+    workdir after its last checkpoint; returns the last iteration's metrics
+    with the last evaluation's `eval/…` and, when ranked, `best_step` and
+    `best_eval/<metric>`.
+
+    iteration(step) -> metrics: one unit of work. The default takes the next
+      batch of `data_iter` and one optimiser step (`tokens_per_batch` counts
+      its tokens for tokens_per_sec). Its metrics may be device arrays: they
+      are fetched after the next iteration is dispatched, so the host never
+      stalls the device; a "finite" entry is the NaN guard's (`check`);
+      "tokens" is summed into tokens_per_sec; lists and dicts are logged as
+      text (samples). An iteration that takes several optimiser steps (RL:
+      `total_steps / steps` per iteration) checks them itself.
+    data_iter: what iterations read; its get_state/set_state go into every
+      checkpoint, so a resumed run continues where the saved one was.
+    Cadence, in iterations: a row of metrics every `train.log_every` (one log
+      line `describe(step, metrics)`, by default "<name> step <s>: <log_keys>"),
+      `evaluate()` every `train.eval_every` and at the last (its metrics logged
+      as eval/<k>, in the same row when both fall due), a checkpoint every
+      `train.checkpoint_every` and at the last; SIGTERM saves the iteration in
+      flight and exits 75 (preemption; `unit` names it in the message).
+    Keep-best: `best_by=(metric, "min" | "max")` ranks the evaluations; the
+      best so far is checkpointed with the state, and under
+      `train.select="best"` `keep` of the model at that point (the policy of
+      RL's actor-critic, say) is saved to <workdir>/best_model, which
+      `chosen_model` then returns.
+    """
+    t = self.t
+    steps = steps or self.total_steps
+    per = self.total_steps // steps           # optimiser steps per iteration
+    start = self.restore(data_iter) // per
+    save_best = best_by is not None and t.select == "best"
+    if iteration is None:
+      def iteration(step):
+        batch = next(data_iter)
+        metrics = self.step(batch)
+        return {**metrics, "tokens": tokens_per_batch(batch)} if tokens_per_batch else metrics
+    if describe is None:
+      describe = lambda step, m: f"{self.name} step {step}: " + " ".join(
+          f"{k} {m[k]:.4f}" for k in log_keys if k in m)
     writer = MetricsWriter(self.workdir, self.name)
-    t, last = self.t, {}
-    bar = tqdm(total=self.total_steps, initial=start, desc=self.name, dynamic_ncols=True,
+    bar = tqdm(total=steps, initial=start, desc=self.name, dynamic_ncols=True,
                disable=jax.process_index() != 0)
-    pending, tokens, t0 = None, 0, time.perf_counter()
+    last, pending, tokens, t0 = {}, None, None, time.perf_counter()
+
+    def resolve():
+      nonlocal pending, tokens
+      if pending is not None:
+        host = self.check(*pending)
+        if "tokens" in host:
+          tokens = (tokens or 0) + host.pop("tokens")
+        last.clear()
+        last.update(host)
+        pending = None
+
     watch = Watcher(self.name).start()
     try:
-      for step in range(start + 1, self.total_steps + 1):
-        batch = next(data_iter)
-        tokens += tokens_per_batch(batch) if tokens_per_batch else 0
-        metrics = self.step(batch)
-        # Fetch the previous step's metrics after dispatching this one, so the
-        # host never stalls the device; sync fully before anything is saved.
-        if pending is not None:
-          last = self.check(*pending)
+      for step in range(start + 1, steps + 1):
+        metrics = iteration(step)
+        # The previous iteration's metrics, fetched after this one was dispatched.
+        resolve()
         pending = (step, metrics)
         preempted = watch.reached(step)
-        due_ckpt = preempted or step % t.checkpoint_every == 0 or step == self.total_steps
-        due_log = step % t.log_every == 0 or step == self.total_steps
-        if due_ckpt or due_log:
-          last, pending = self.check(*pending), None
+        final = step == steps
+        due_ckpt = preempted or step % t.checkpoint_every == 0 or final
+        due_log = step % t.log_every == 0 or final
+        due_eval = evaluate is not None and ((t.eval_every and step % t.eval_every == 0) or final)
+        if due_ckpt or due_log or due_eval:
+          resolve()                       # in sync (and NaN-checked) before anything is saved
+        row = {}
         if due_log:
           dt = time.perf_counter() - t0
-          last["tokens_per_sec"] = tokens / dt if dt > 0 else 0.0
-          tokens, t0 = 0, time.perf_counter()
-          writer.write(step, last)
-          logging.info("%s step %d: loss %.4f", self.name, step, last["loss"])
-          bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
-        if eval_fn is not None and t.eval_every and step % t.eval_every == 0:
-          writer.write(step, {f"eval/{k}": v for k, v in eval_fn().items()})
+          if tokens is not None:
+            last["tokens_per_sec"] = tokens / dt if dt > 0 else 0.0
+          tokens, t0 = None, time.perf_counter()
+          row.update(last)
+          logging.info("%s", describe(step, last))
+          bar.set_postfix({k: f"{last[k]:.4g}" for k in (*log_keys, "tokens_per_sec")
+                           if isinstance(last.get(k), float)})
+        if due_eval:
+          ev = {f"eval/{k}": v for k, v in evaluate().items()}
+          row.update(ev)
+          if final:
+            last.update(ev)
+          if best_by is not None:
+            self._rank(step, ev, *best_by, keep if save_best else None)
+        if row:
+          texts = {k: v for k, v in row.items() if not _is_scalar(v)}
+          writer.write(step, {k: v for k, v in row.items() if k not in texts}, texts or None)
         if due_ckpt:
           self.save(data_iter, force=preempted)
         if preempted:
           self.ckpt.wait_until_finished()
-          watch.stop(step, str(self.ckpt.directory))
+          watch.stop(step, str(self.ckpt.directory), unit=unit)
         bar.update(1)
-      if eval_fn is not None:
-        ev = eval_fn()
-        writer.write(self.total_steps, {f"eval/{k}": v for k, v in ev.items()})
-        last.update({f"eval/{k}": v for k, v in ev.items()})
+      if start >= steps and evaluate is not None:
+        # a finished run started again: its result still carries the evaluation
+        last.update({f"eval/{k}": v for k, v in evaluate().items()})
     finally:
       bar.close()
       writer.close()
       self.ckpt.wait_until_finished()
       watch.close()
-    return last
+    result = {k: v for k, v in last.items() if _is_scalar(v)}
+    if self.best is not None:
+      result.update({"best_step": self.best["step"],
+                     f"best_eval/{self.best['metric']}": self.best["value"]})
+    return result
+
+  def _rank(self, step: int, ev: dict, metric: str, mode: str, keep) -> None:
+    """Keeps self.best (and best_model/ when `keep` is given) up to date with
+    the evaluation `ev` of `step`."""
+    value = ev.get(f"eval/{metric}")
+    if value is None or not math.isfinite(value):
+      logging.warning("%s step %d: no finite eval/%s to rank (got %s)", self.name, step,
+                      metric, sorted(ev))
+      return
+    b = self.best
+    if b is None or (value < b["value"] if mode == "min" else value > b["value"]):
+      self.best = {"step": step, "metric": metric, "value": float(value)}
+      if keep is not None:
+        store.save(keep(self.model()), self.best_dir)
 
   def check(self, step: int, metrics: dict) -> dict:
-    """Host copy of a step's metrics; raises NonFiniteLossError if it was not finite."""
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not host.pop("finite"):
+    """Host copy of a step's metrics (scalars as floats); raises
+    NonFiniteLossError if the NaN guard refused the step (metrics["finite"])."""
+    host = {k: float(v) if _is_scalar(v) else v for k, v in jax.device_get(metrics).items()}
+    if not host.pop("finite", True):
       self.ckpt.wait_until_finished()
       good = self.ckpt.latest_step()
       raise NonFiniteLossError(
@@ -332,3 +503,7 @@ class Trainer:
           f"step {good} in {self.ckpt.directory}" if good is not None else
           f"{self.name}: non-finite loss at step {step}; stopped before any checkpoint")
     return host
+
+
+def _is_scalar(v) -> bool:
+  return not isinstance(v, (str, bytes, list, tuple, dict)) and np.ndim(v) == 0
