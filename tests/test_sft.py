@@ -1,4 +1,7 @@
-"""SFT loss and the shared Trainer: masking, learning, mesh independence, NaN guard."""
+"""SFT loss and the shared Trainer: masking, learning, mesh independence, NaN guard,
+held-out evaluation and keep-best."""
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -152,6 +155,8 @@ def test_nan_stops_run_and_last_good_checkpoint_restores(tmp_path, mesh):
 
 # ------------------------------------------------------------ evaluation, keep-best
 
+TOY = f"{pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'sft.py'}:toy"
+
 def numpy_logits(model, mesh, batch):
   with jax.set_mesh(mesh):
     logits, _ = nnx.jit(lambda m, t, k: m(t, k))(model, batch["tokens"], batch["mask"])
@@ -193,7 +198,7 @@ def test_select_best_keeps_the_lowest_eval_loss_model(tmp_path, mesh, monkeypatc
   a = make_batch(seed=4)
   # B's responses use other tokens than A's: learning them unlearns A's
   b = dict(a, tokens=np.where(a["response_mask"], a["tokens"] + 64, a["tokens"]))
-  c = load_config_file("configs/sft.py:toy")
+  c = load_config_file(TOY)
   c.train.update(batch_size=8, steps=16, lr=1e-2, warmup_steps=0, schedule="constant",
                  log_every=2, eval_every=2, checkpoint_every=1000, select="best")
   sft.validate(c, mesh)
@@ -215,3 +220,19 @@ def test_select_best_keeps_the_lowest_eval_loss_model(tmp_path, mesh, monkeypatc
   fresh = Trainer(c, str(tmp_path), mesh, kept, sft_loss, name="sft")
   assert fresh.restore() == 16 and fresh.best == {"step": best, "metric": "loss",
                                                   "value": evals[best]}
+
+
+@pytest.mark.parametrize("select,metric,match", [
+    ("nope", "", "train.select='nope': use last or best"),
+    ("best", "accuracy", "train.select_metric='accuracy': this stage validates loss, perplexity"),
+])
+def test_select_is_validated(select, metric, match, mesh):
+  from rlaif_jax.config import ConfigError, load_config_file
+  from rlaif_jax.learners import sft
+  c = load_config_file(TOY)
+  c.train.update(select=select, select_metric=metric)
+  with pytest.raises(ConfigError, match=match) as e:
+    sft.validate(c, mesh)
+  assert "\n" not in str(e.value)
+  c.train.update(select="best", select_metric="perplexity")
+  sft.validate(c, mesh)
