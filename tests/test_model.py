@@ -122,7 +122,7 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32(mesh):
 
 def _cotangent_and_grads(x, w, g):
   """Gradients of sum(matmul(x, w) * g): the VJP at cotangent g."""
-  from rlaif_jax.models.transformer import matmul
+  from rlaif_jax.models.ops import matmul
   return jax.jit(jax.grad(lambda x, w: jnp.sum(matmul(x, w).astype(jnp.float32) * g),
                           argnums=(0, 1)))(x, w)
 

@@ -15,7 +15,6 @@ evenly), and the tokenizer's bos/eos/pad ids go into the ModelConfig.
 """
 from __future__ import annotations
 
-import os
 
 from flax import nnx
 

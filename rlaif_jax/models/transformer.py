@@ -44,12 +44,11 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 from rlaif_jax.mesh import constrain, logical_sharding
+from rlaif_jax.models.ops import decode_attention, dense, full_attention
 from rlaif_jax.models.config import ModelConfig
 
-_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # logical axes of a cache's k / v
 
 
@@ -57,71 +56,6 @@ def _param(rngs, shape, axes, std=None, value=None):
   if value is None:
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
   return nnx.Param(value, logical_axes=axes)
-
-
-@jax.custom_vjp
-def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x (M, K) · w (K, N) in x's dtype, accumulated in float32; w is cast to x's dtype.
-
-  The gradients are the same kind of dot, so a bfloat16 model's backward runs
-  bfloat16 × bfloat16 matmuls too:
-
-      dx = (g · wᵀ)  in x's dtype          dw = (xᵀ · g)  in w's dtype (float32 params)
-
-  g (the cotangent of a bfloat16 output) is bfloat16 already. Plain autodiff
-  of a dot with `preferred_element_type=float32` instead pairs a float32
-  cotangent with the bfloat16 operand – a mixed dot that XLA:CPU runs as a
-  float32 matmul, at half its bfloat16 rate – and rounds dw to bfloat16 on the
-  way back to the float32 parameter. For float32 x these are autodiff's dots.
-  """
-  # float32 accumulation, then the compute dtype: what TPUs and GPUs do anyway,
-  # and XLA:CPU runs bfloat16-output dots ~6x slower than this.
-  return jnp.dot(x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def _matmul_fwd(x, w):
-  return matmul(x, w), (x, w)
-
-
-def _materialized_t(a: jax.Array) -> jax.Array:
-  """aᵀ as a row-major copy. XLA folds a plain transpose into the dot that
-  reads it; a 1-D array has one layout only, so the barrier keeps the copy."""
-  return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[::-1])
-
-
-def _matmul_bwd(res, g):
-  x, w = res
-  g, wc = g.astype(x.dtype), w.astype(x.dtype)
-  dot = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
-  if jax.default_backend() != "cpu" or jax.sharding.get_abstract_mesh().size > 1:
-    return dot(g, wc.T).astype(x.dtype), dot(x.T, g).astype(w.dtype)
-  # XLA:CPU runs only row-major-times-row-major ("NN") bfloat16 dots natively;
-  # a transposed operand makes it convert both to float32 (measured at 2048x2048x512:
-  # 160 GFLOP/s, 250-400 with a transposed copy, which costs one pass over the
-  # smaller operand). For float32, g·wᵀ is already at peak, xᵀ·g ~10% short of it.
-  # One device only: the flattening copy of a sharded operand would make SPMD
-  # replicate it ("involuntary full rematerialization").
-  dx = dot(g, wc.T if x.dtype == jnp.float32 else _materialized_t(wc))
-  dw = dot(_materialized_t(x), g)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def dense(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
-  """Contracts the last `n_in` axes of x with the first `n_in` of w (`matmul`).
-
-  Done as one 2-D matmul (leading axes and w's output axes flattened): XLA:CPU
-  runs the backward of batched dots with several contracting axes far below
-  its matmul peak (the MLP's fwd+bwd was 1.6x slower that way).
-  """
-  lead, k = x.shape[:x.ndim - n_in], w.shape[:n_in]
-  out = w.shape[n_in:]
-  y = matmul(x.reshape(-1, math.prod(k)), w.reshape(math.prod(k), -1))
-  # named for remat="dots", which keeps exactly these outputs (a policy on the
-  # dot primitive would not see inside matmul's custom VJP)
-  return checkpoint_name(y.reshape(*lead, *out), "proj")
 
 
 def cache_shape(cfg: ModelConfig, batch: int, slots: int) -> tuple[int, ...]:
@@ -253,54 +187,9 @@ class Attention(nnx.Module):
     q = q.reshape(b, t, kvh, h // kvh, hd)
     q_slot = slot0 + jnp.arange(t)
     allowed = key_valid[:, None, :] & (jnp.arange(s)[None, None, :] <= q_slot[None, :, None])
-    attend = _decode_attention if t == 1 else _full_attention
+    attend = decode_attention if t == 1 else full_attention
     out = attend(q, k, v, allowed, dt)
     return dense(out.reshape(b, t, h, hd), self.o[...], n_in=2), layer_cache
-
-
-def _full_attention(q, k, v, allowed, dt):
-  """softmax(q·kᵀ/√D masked) · v for q (B, T, KV, G, D), k/v (B, KV, S, D),
-  allowed (B, T, S); returns (B, T, KV, G, D).
-
-  The group axis is dropped when it has size 1 (multi-head attention): with a
-  unit axis XLA:CPU lowers these einsums to multiply-reduce loops instead of
-  batched dots (~0.3 s of a 4.7 s SFT step at d512/L8/8x256).
-  """
-  hd = q.shape[-1]
-  if q.shape[3] == 1:
-    scores = jnp.einsum("btkd,bksd->bkts", q[:, :, :, 0], k.astype(dt))
-    mask = allowed[:, None]
-  else:
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(dt))
-    mask = allowed[:, None, None]
-  scores = jnp.where(mask, scores.astype(jnp.float32) / math.sqrt(hd), _NEG)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-  if q.shape[3] == 1:
-    return jnp.einsum("bkts,bksd->btkd", probs, v.astype(dt))[:, :, :, None]
-  return jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(dt))
-
-
-def _decode_attention(q, k, v, allowed, dt):
-  """One query per row against the cache: q (B, 1, KV, G, D), k/v (B, KV, S, D),
-  allowed (B, 1, S); returns (B, 1, KV, G, D).
-
-  Per (row, kv head) two matrix-vector products over the head's contiguous
-  (S, D) cache block, scores and softmax with the slots minor. The group axis
-  is dropped when it has size 1 (multi-head attention), as in `_full_attention`.
-  """
-  b, _, kvh, g, hd = q.shape
-  k, v = k.astype(dt), v.astype(dt)
-  f32 = jnp.float32
-  if g == 1:
-    scores = jnp.einsum("bkd,bksd->bks", q[:, 0, :, 0], k, preferred_element_type=f32)
-    mask = allowed[:, :1]                                                 # (B, 1, S)
-  else:
-    scores = jnp.einsum("bkgd,bksd->bkgs", q[:, 0], k, preferred_element_type=f32)
-    mask = allowed[:, :1, None]                                           # (B, 1, 1, S)
-  probs = jax.nn.softmax(jnp.where(mask, scores / math.sqrt(hd), _NEG), axis=-1).astype(dt)
-  spec = "bks,bksd->bkd" if g == 1 else "bkgs,bksd->bkgd"
-  out = jnp.einsum(spec, probs, v, preferred_element_type=f32)
-  return out.reshape(b, 1, kvh, g, hd).astype(dt)
 
 
 class MLP(nnx.Module):
