@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from rlaif_jax import paths
 from rlaif_jax.data.formats import Prompt
 
 _SUMMARY_BASE = ("You are an expert rater of summaries. Given a piece of text and two of its "
@@ -284,16 +285,16 @@ def load_exemplars(path: str, num: int = -1) -> list[Exemplar]:
   MORE harmful one). `path` may be `bundled:<task>`."""
   path = resolve_exemplars_path(path)
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      r = json.loads(line)
-      missing = [k for k in ("context", "response_1", "response_2", "answer") if k not in r]
-      if missing:
-        raise ValueError(f"{path}:{lineno}: exemplar lacks {missing}")
-      out.append(Exemplar(r["context"], r["response_1"], r["response_2"], str(r["answer"]),
-                          r.get("rationale", "")))
+  # through the I/O layer: an exemplar file may live in a gs:// bucket
+  for lineno, line in enumerate(paths.read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    r = json.loads(line)
+    missing = [k for k in ("context", "response_1", "response_2", "answer") if k not in r]
+    if missing:
+      raise ValueError(f"{path}:{lineno}: exemplar lacks {missing}")
+    out.append(Exemplar(r["context"], r["response_1"], r["response_2"], str(r["answer"]),
+                        r.get("rationale", "")))
   return out if num < 0 else out[:num]
 
 
