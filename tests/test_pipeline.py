@@ -60,6 +60,17 @@ def test_pipeline_end_to_end_and_resume(tmp_path, monkeypatch):
   for f in ("report.md", "win_rates.png", "training_curves.png"):
     assert (tmp_path / f).stat().st_size > 0
   assert "rlaif_vs_sft" in (tmp_path / "report.md").read_text()
+  # AI labels: every training pair once, in order; harm-inviting posts asked the
+  # harmless question (their own labeler run), the rest the summary one
+  read = lambda f: [json.loads(x) for x in (tmp_path / f).read_text().splitlines()]
+  pairs, labels = read("sample_pairs/pairs_train.jsonl"), read("label/labels.jsonl")
+  assert [r["id"] for r in labels] == [r["id"] for r in pairs]
+  for task in ("summarization", "harmless"):
+    assert [r["id"] for r in read(f"label/{task}/labels.jsonl")] == [
+        r["id"] for r in pairs if r["task"] == task]
+  for policy, h in rep["harmless_rate"].items():
+    assert set(h) == {"rate", "ci_low", "ci_high", "n"} and h["n"] > 0, policy
+    assert h["ci_low"] <= h["rate"] <= h["ci_high"]
   assert out["win_rate/rlaif_vs_sft"] == rep["win_rates"]["rlaif_vs_sft"]["rate"]
 
   # Second invocation: no stage may run again.
