@@ -203,3 +203,49 @@ def test_label_stage_on_gcs_killed_and_resumed_matches_a_local_run(tmp_path, gcs
   assert key(in_bucket) == key(local_rows)
   assert (paths.read_json("gs://bkt/label/alignment.json") ==
           paths.read_json(tmp_path / "local" / "alignment.json"))
+
+
+def test_hugging_face_checkpoint_in_a_bucket_imports_and_exports(tmp_path, gcs, gcs_env, mesh):
+  """`model.checkpoint=gs://…` naming a Hugging Face directory: config.json and
+  the safetensors (single file, then a sharded index) are read from the bucket
+  by ranged reads, and export writes a directory transformers loads. Reference:
+  transformers' PyTorch model, saved locally and uploaded."""
+  import torch
+  import transformers
+  from flax import nnx
+  from rlaif_jax import paths
+  from rlaif_jax.models import build, hf
+  import ml_collections
+
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  os.chdir(cwd)                              # a stray 'gs:' directory would land here
+  torch.manual_seed(0)
+  ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)).eval()
+  with torch.no_grad():
+    for n, p in ref.named_parameters():
+      if "norm" in n:
+        p.add_(0.1 * torch.randn_like(p))
+  ref.save_pretrained(tmp_path / "hf_local")
+  paths.upload_dir(str(tmp_path / "hf_local"), "gs://bkt/hf_in")
+
+  model_cfg = ml_collections.ConfigDict(dict(checkpoint="gs://bkt/hf_in", dtype="float32",
+                                             scan_layers=False, remat="none"))
+  ours = build.build(model_cfg, mesh)
+  tokens = np.random.default_rng(0).integers(1, 96, size=(2, 10))
+  with torch.no_grad():
+    want = ref(input_ids=torch.tensor(tokens)).logits.numpy()
+  with jax.set_mesh(mesh):
+    got, _ = nnx.jit(lambda m, t, k: m(t, k))(ours, tokens, np.ones((2, 10), bool))
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+
+  hf.export_hf(ours, "gs://bkt/hf_out", max_shard_bytes=8_000)   # forces a sharded index
+  names = set(gcs.objects(prefix="hf_out/"))
+  assert "hf_out/model.safetensors.index.json" in names and len(names) > 3, sorted(names)
+  again, _ = hf.load_hf("gs://bkt/hf_out", mesh)
+  for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(ours)), nnx.to_flat_state(nnx.state(again))):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))
+  assert os.listdir(cwd) == []
+  assert_no_stray_local_dirs(cwd, tmp_path, ROOT)

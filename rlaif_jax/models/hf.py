@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from rlaif_jax import paths
 from rlaif_jax.mesh import to_host
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.sharding import abstract_model, init_sharded, state_shardings
@@ -83,25 +84,32 @@ def _rule(cfg: ModelConfig):
 
 
 class SafetensorsDir:
-  """Read-only view of the tensors of a HF directory (single file or sharded)."""
+  """Read-only view of the tensors of a HF directory (single file or sharded),
+  local or a URL (gs://, file://) through the I/O layer.
+
+  A local file is memory-mapped; a remote one is read tensor by tensor with a
+  ranged read (seek + read of the tensor's bytes), so a multi-GB bucket
+  checkpoint is never copied whole to local disk.
+  """
 
   def __init__(self, path: str):
     self.path = path
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-      with open(index) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.exists(os.path.join(path, "model.safetensors")):
+    self.remote = paths.is_url(path)
+    index = paths.join(path, "model.safetensors.index.json")
+    if paths.exists(index):
+      files = sorted(set(paths.read_json(index)["weight_map"].values()))
+    elif paths.exists(paths.join(path, "model.safetensors")):
       files = ["model.safetensors"]
     else:
-      found = sorted(os.listdir(path)) if os.path.isdir(path) else "not a directory"
+      root = paths.path(path)
+      found = sorted(f.name for f in root.iterdir()) if root.is_dir() else "not a directory"
       raise FileNotFoundError(
           f"{path}: no model.safetensors or model.safetensors.index.json (found: {found}); "
           "only safetensors checkpoints are read (convert .bin/.pt files with transformers first)")
     self.entries = {}
     for fname in files:
-      full = os.path.join(path, fname)
-      with open(full, "rb") as f:
+      full = paths.join(path, fname)
+      with paths.path(full).open("rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
       header.pop("__metadata__", None)
@@ -116,8 +124,15 @@ class SafetensorsDir:
     if info["dtype"] not in _DTYPES:
       raise ValueError(f"{full}: tensor {name} has unsupported dtype {info['dtype']}")
     start, end = info["data_offsets"]
-    arr = np.memmap(full, dtype=_DTYPES[info["dtype"]], mode="r", offset=base + start,
-                    shape=tuple(info["shape"]))
+    dtype, shape = _DTYPES[info["dtype"]], tuple(info["shape"])
+    if self.remote:
+      with paths.path(full).open("rb") as f:
+        f.seek(base + start)
+        data = f.read(end - start)
+      if len(data) != end - start:
+        raise ValueError(f"{full}: tensor {name} truncated ({len(data)} of {end - start} bytes)")
+      return np.frombuffer(data, dtype=dtype).reshape(shape)
+    arr = np.memmap(full, dtype=dtype, mode="r", offset=base + start, shape=shape)
     assert arr.nbytes == end - start, name
     return arr
 
@@ -140,8 +155,7 @@ def _load_stacked(src: SafetensorsDir, pattern: str, to_ours, shape, sharding) -
 
 
 def read_hf_config(path: str, **overrides) -> ModelConfig:
-  with open(os.path.join(path, "config.json")) as f:
-    return ModelConfig.from_hf(json.load(f), **overrides)
+  return ModelConfig.from_hf(paths.read_json(paths.join(path, "config.json")), **overrides)
 
 
 def _load_state(src: SafetensorsDir, cfg: ModelConfig, abstract: nnx.State, shardings,
@@ -225,7 +239,6 @@ def export_hf(model: Transformer, out_dir: str, tokenizer=None,
       tensors[n] = np.ascontiguousarray(to_hf(x).astype(dtype))
   if jax.process_index() != 0:
     return
-  from rlaif_jax import paths
   if paths.is_url(out_dir):  # e.g. gs://: transformers writes locally, then the I/O layer copies
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
