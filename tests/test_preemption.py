@@ -131,16 +131,12 @@ def children(pid):
     return [int(c) for c in f.read().split()]
 
 
-def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
+def two_processes_preempted(tmp_path, args, line_of, total, metrics_name, steps_per_unit=1):
   """2 processes x 4 devices (launch/local.sh); SIGTERM reaches only process 1, as
   when one host of a pod gets the notice. JAX's preemption sync makes both
   finish and save the same step, both exit 75, and a 2-process rerun resumes
-  from it and ends as a 1-process x 8-device run does (to float32 reduction
-  order: the process count changes how sums are split)."""
-  steps = 40
-  args = [f"--config={ROOT / 'configs' / 'sft.py'}:toy", f"--config.train.steps={steps}",
-          "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
-          "--config.train.eval_every=0", *MESH]
+  from it. Returns the metrics rows of the resumed 2-process run and of an
+  uninterrupted 1-process x 8-device run beside it."""
   env = dict(ENV, PYTHON=sys.executable, RLAIF_COORDINATOR_PORT=str(20000 + os.getpid() % 20000))
   local = [str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--"]
   ref, two = tmp_path / "ref", tmp_path / "two"
@@ -149,7 +145,7 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
   try:
     p_ref = start(args, ref, files["ref"])
     p_two = start(args, two, files["two"], env=env, cmd=local)
-    wait_for(re.escape("sft step 3: loss"), logs["two"], p_two)
+    wait_for(re.escape(line_of(2)), logs["two"], p_two)
     kids = {int(re.search(rb"--process_id=(\d)", open(f"/proc/{c}/cmdline", "rb").read())[1]): c
             for c in children(p_two.pid)}
     os.kill(kids[1], signal.SIGTERM)
@@ -158,23 +154,55 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
     stops = STOPPED.findall(out)
     assert len(stops) == 2 and stops[0][2] == stops[1][2], stops      # one line per process
     unit = int(stops[0][2])
-    assert 3 < unit < steps and checkpoint_steps(two) == [unit]
-    assert f"sft step {unit + 1}: loss" not in out
+    assert 2 < unit < total and checkpoint_steps(two) == [unit * steps_per_unit]
+    assert line_of(unit + 1) not in out
 
     p_res = start(args, two, files["resumed"], env=env, cmd=local)
     rc, out = finish(p_res, logs["resumed"])
     assert rc == 0, out[-4000:]
-    assert f"resumed from step {unit}" in out
+    assert f"resumed from step {unit * steps_per_unit}" in out
     rc, out = finish(p_ref, logs["ref"])
     assert rc == 0, out[-3000:]
   finally:
     for f in files.values():
       f.close()
-  rows = lambda d: [r for r in map(json.loads, (d / "metrics" / "sft.jsonl").read_text()
-                                   .splitlines()) if "loss" in r]
-  a, b = rows(ref), rows(two)
+  rows = lambda d: [json.loads(l) for l in (d / "metrics" / f"{metrics_name}.jsonl").read_text()
+                    .splitlines()]
+  return rows(two), rows(ref)
+
+
+def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
+  """SFT: the resumed 2-process run's losses are the 1-process run's (to float32
+  reduction order: the process count changes how sums are split)."""
+  steps = 40
+  args = [f"--config={ROOT / 'configs' / 'sft.py'}:toy", f"--config.train.steps={steps}",
+          "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
+          "--config.train.eval_every=0", *MESH]
+  two, ref = two_processes_preempted(tmp_path, args, lambda s: f"sft step {s}: loss", steps, "sft")
+  a, b = [r for r in ref if "loss" in r], [r for r in two if "loss" in r]
   assert [r["step"] for r in b] == list(range(1, steps + 1))   # none lost or run twice
   np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=2e-5)
+
+
+def test_rl_two_processes_stop_at_the_same_iteration_when_one_is_signalled(tmp_path):
+  """RL (PPO, 2 updates per iteration): both processes save the same iteration;
+  the resumed run samples the same responses and gets the same rewards as an
+  uninterrupted 1-process run, iteration by iteration."""
+  iterations, updates = 8, 2
+  args = [f"--config={ROOT / 'configs' / 'rl.py'}:toy", f"--config.train.steps={iterations}",
+          "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
+          "--config.train.eval_every=0",
+          "--config.rl.algorithm=ppo", "--config.rl.minibatches=2", "--config.rl.ppo_epochs=1",
+          "--config.rl.reward_fn=rlaif_jax.learners.rl_rewards:lowercase_fraction", *MESH]
+  two, ref = two_processes_preempted(tmp_path, args, lambda s: f"rl {s}: reward", iterations,
+                                     "rl", steps_per_unit=updates)
+  a = [r for r in ref if "reward" in r]
+  b = [r for r in two if "reward" in r]
+  assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, iterations + 1))
+  for x, y in zip(a, b):
+    assert [s["response"] for s in x["samples"]] == [s["response"] for s in y["samples"]]
+    for key in ("reward", "kl", "loss"):
+      np.testing.assert_allclose(y[key], x[key], rtol=1e-4, atol=1e-5, err_msg=(x["step"], key))
 
 
 def test_label_stage_sigterm_writes_the_shard_in_flight_and_resumes(tmp_path):
