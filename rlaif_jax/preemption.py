@@ -44,6 +44,7 @@ import jax
 from jax.experimental import multihost_utils
 
 PREEMPTED_EXIT = 75
+_LAUNCHER_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
 
 # Set by our handler and never cleared: a SIGTERM that arrives after one loop's
 # last check still stops the next loop of the process (the pipeline's next stage)
@@ -103,8 +104,11 @@ class Watcher:
 
   def stop(self, step: int, saved_in: str, unit: str = "step") -> None:
     """Logs where the run stopped and how to resume, then raises Preempted."""
-    cmd = shlex.join(["python", "-m", "rlaif_jax.main", *sys.argv[1:]])
+    # The launcher's per-process flags are not the user's command: leave them out.
+    args = [a for a in sys.argv[1:] if not a.startswith(_LAUNCHER_FLAGS)]
+    cmd = shlex.join(["python", "-m", "rlaif_jax.main", *args])
+    where = f" on all {jax.process_count()} processes" if jax.process_count() > 1 else ""
     msg = (f"{self.name}: preempted after {unit} {step}, saved in {saved_in}; resume with the "
-           f"same command and --workdir ({cmd}); exit status {PREEMPTED_EXIT}")
+           f"same command and --workdir ({cmd}{where}); exit status {PREEMPTED_EXIT}")
     logging.warning("%s", msg)
     raise Preempted(msg)

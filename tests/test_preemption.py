@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from rlaif_jax.preemption import PREEMPTED_EXIT
 
@@ -107,12 +108,14 @@ def preempt_and_resume(tmp_path, args, line_of, signal_after, total, metrics_nam
     np.testing.assert_array_equal(x, y)
 
 
-def test_sft_sigterm_saves_the_step_in_flight_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_sigterm_saves_the_step_in_flight_and_resumes_exactly(stage, tmp_path):
+  """SFT, RM and DPO: the one training loop (Trainer.fit) handles the notice."""
   steps = 60
-  args = [f"--config={ROOT / 'configs' / 'sft.py'}:toy", f"--config.train.steps={steps}",
+  args = [f"--config={ROOT / 'configs' / f'{stage}.py'}:toy", f"--config.train.steps={steps}",
           "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
           "--config.train.eval_every=0", *MESH]
-  preempt_and_resume(tmp_path, args, lambda s: f"sft step {s}: loss", 5, steps, "sft")
+  preempt_and_resume(tmp_path, args, lambda s: f"{stage} step {s}: loss", 5, steps, stage)
 
 
 def test_rl_sigterm_saves_the_iteration_in_flight_and_resumes_exactly(tmp_path):
@@ -205,33 +208,48 @@ def test_rl_two_processes_stop_at_the_same_iteration_when_one_is_signalled(tmp_p
       np.testing.assert_allclose(y[key], x[key], rtol=1e-4, atol=1e-5, err_msg=(x["step"], key))
 
 
-def test_label_stage_sigterm_writes_the_shard_in_flight_and_resumes(tmp_path):
+@pytest.mark.parametrize("procs", [1, 2])
+def test_label_stage_sigterm_writes_the_shard_in_flight_and_resumes(procs, tmp_path):
   """The label stage: the shard being labeled when SIGTERM comes is finished and
   written, no later one is started, exit 75; the rerun labels only the rest and
-  the labels equal an uninterrupted run's."""
-  args = [f"--config={ROOT / 'configs' / 'label.py'}:toy", "--config.labeler.max_pairs=64",
-          "--config.labeler.shard_size=8"]
+  the labels equal an uninterrupted 1-process run's. On 2 processes x 4 devices
+  the signal reaches process 1 only and both stop after the same shard (more
+  shards there: JAX's notifier took ~10 s to act on this machine)."""
+  n_shards = 8 if procs == 1 else 32
+  args = [f"--config={ROOT / 'configs' / 'label.py'}:toy",
+          f"--config.labeler.max_pairs={8 * n_shards}", "--config.labeler.shard_size=8"]
+  env, cmd = ENV, None
+  if procs == 2:
+    env = dict(ENV, PYTHON=sys.executable, RLAIF_COORDINATOR_PORT=str(20000 + os.getpid() % 20000))
+    cmd = [str(ROOT / "launch" / "local.sh"), "-n", "2", "-d", "4", "--"]
   full, cut = tmp_path / "full", tmp_path / "cut"
   logs = {n: tmp_path / f"{n}.log" for n in ("full", "cut", "resumed")}
   files = {n: open(p, "wb") for n, p in logs.items()}
   try:
     p_full = start(args, full, files["full"])
-    p_cut = start(args, cut, files["cut"])
+    p_cut = start(args, cut, files["cut"], env=env, cmd=cmd)
     wait_for(re.escape("label: shard 1 (8 pairs) done"), logs["cut"], p_cut)
-    os.kill(p_cut.pid, signal.SIGTERM)
+    if procs == 2:
+      kids = {int(re.search(rb"--process_id=(\d)", open(f"/proc/{c}/cmdline", "rb").read())[1]): c
+              for c in children(p_cut.pid)}
+      os.kill(kids[1], signal.SIGTERM)
+    else:
+      os.kill(p_cut.pid, signal.SIGTERM)
     rc, out = finish(p_cut, logs["cut"])
     assert rc == PREEMPTED_EXIT, out[-3000:]
-    (stop,) = STOPPED.findall(out)
-    assert stop[:2] == ("label", "shard")
-    k = int(stop[2])
-    assert 1 < k < 7                            # stopped mid-job, after the signal
+    stops = STOPPED.findall(out)
+    assert len(stops) == procs and len(set(stops)) == 1, stops     # the same shard on each
+    assert "--process_id" not in out.split("preempted after")[-1]   # the user's command, not ours
+    assert stops[0][:2] == ("label", "shard")
+    k = int(stops[0][2])
+    assert 1 < k < n_shards - 1                 # stopped mid-job, after the signal
     shards = sorted(p.name for p in (cut / "labels").glob("shard-*.jsonl"))
     assert shards == [f"shard-{i:05d}.jsonl" for i in range(k + 1)]   # through the one in flight
     assert not (cut / "labels.jsonl").exists()
-    p_res = start(args, cut, files["resumed"])
+    p_res = start(args, cut, files["resumed"], env=env, cmd=cmd)
     rc, out = finish(p_res, logs["resumed"])
     assert rc == 0, out[-3000:]
-    assert f"label: 64 pairs in 8 shards, {7 - k} to do" in out
+    assert f"label: {8 * n_shards} pairs in {n_shards} shards, {n_shards - 1 - k} to do" in out
     rc, out = finish(p_full, logs["full"])
     assert rc == 0, out[-3000:]
   finally:
@@ -239,4 +257,14 @@ def test_label_stage_sigterm_writes_the_shard_in_flight_and_resumes(tmp_path):
       f.close()
   rows = lambda d: [{k: v for k, v in json.loads(l).items() if k != "id"}
                     for l in (d / "labels.jsonl").read_text().splitlines()]
-  assert rows(cut) == rows(full)
+  if procs == 1:
+    assert rows(cut) == rows(full)
+    return
+  a, b = rows(full), rows(cut)          # 2 processes: equal to float32 reduction order
+  assert len(a) == len(b) == 8 * n_shards
+  for x, y in zip(a, b):
+    assert {k: v for k, v in x.items() if not isinstance(v, float)} == \
+        {k: v for k, v in y.items() if not isinstance(v, float)}
+    for key, v in x.items():
+      if isinstance(v, float):
+        np.testing.assert_allclose(y[key], v, atol=1e-5, err_msg=key)
