@@ -15,27 +15,20 @@
           the world's labelers answer "1"/"2" and never learned to write a
           rationale, so there is nothing to sample.
 
-Stages (rlaif_jax/pipeline.py): world → labeler_pretrain → sft → sample_pairs →
+Stages (rlaif_jax/demo/pipeline.py, its STAGES table): world → labeler_pretrain → sft → sample_pairs →
 label → rm_ai, rm_human → rl_rlaif, rl_rlhf, rl_direct → dpo → eval. Each
 stage's training settings live in `pipeline.<stage>` (steps, batch_size, lr);
 model shapes in `model.arch` (policy, RM, value) and `labeler.model.arch`;
 RL settings in `rl` (configs/rl.py's fields, shared by the three RL arms).
 """
-import importlib.util
-import os
-
 import ml_collections
 
 from rlaif_jax.config import base_config
+from rlaif_jax.eval.stage import eval_config
 from rlaif_jax.labeler.config import labeler_config
-
-
-def _rl_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rl.py")
-  spec = importlib.util.spec_from_file_location("_rl_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.rl_config()
+from rlaif_jax.learners.dpo import dpo_config
+from rlaif_jax.learners.reward import rm_config
+from rlaif_jax.learners.rl import rl_config
 
 
 def _train(steps, batch_size, lr, **kw):
@@ -79,23 +72,23 @@ def get_config(variant: str = "demo"):
                               d_ff=192, max_seq_len=128)
   c.labeler.update(task="summarization", preamble="base", batch_size=32, bucket=16,
                    shard_size=256, max_context_tokens=0)
-  # its pre-training sequences: prompt + answer (114: the longest harmless-question
-  # rows; at 104 one in four of them lost its preamble to truncation)
-  c.labeler.max_prompt_len = 114
 
   p = c.pipeline = ml_collections.ConfigDict()
+  # the labeler's pre-training sequences: prompt + answer (114: the longest
+  # harmless-question rows; at 104 one in four of them lost its preamble to truncation)
+  p.labeler_prompt_len = 114
   # lr 1e-3: at 3e-3 the labeler stayed at chance on its own held-out prompts; at
   # 1e-3 it leaves chance after ~1000 steps (67% at 2000, no better at 3000)
   p.labeler_pretrain = _train(20 if tiny else 2000, 32, 1e-3)
   p.sft = _train(20 if tiny else 600, 32, 3e-3)
-  p.rm = _train(10 if tiny else 150, 32, 1e-3, normalize_rewards=True)
+  p.rm = _train(10 if tiny else 150, 32, 1e-3)
+  c.rm = rm_config()               # both RMs: mean held-out reward 0
   p.dpo = _train(10 if tiny else 100, 32, 3e-4)
   # validation reward (the arm's own reward on held-out posts) picks each arm's policy
   p.rl = _train(4 if tiny else 160, 32, 3e-4, schedule="constant", warmup_steps=0, log_every=2,
                 eval_every=2 if tiny else 40, eval_batches=2, select="best")
-  c.dpo = ml_collections.ConfigDict(dict(beta=0.1, label_smoothing=0.0,
-                                         precompute_reference=False))
-  c.rl = _rl_config()
+  c.dpo = dpo_config()
+  c.rl = rl_config()
   # reward_norm="batch": every arm sees unit-scale rewards, so β means the same for
   # all three (an RM on soft AI labels has margins ~20x smaller than one on votes);
   # β = 0.25 against unit rewards: at 0.05 the RLAIF policy over-optimised its RM
@@ -114,10 +107,13 @@ def get_config(variant: str = "demo"):
   # rewards, not its noise, decides where direct RLAIF lands.
   c.pipeline.rl_direct = ml_collections.ConfigDict(dict(
       train=ml_collections.ConfigDict(), rl=ml_collections.ConfigDict()))
-  c.eval = ml_collections.ConfigDict(dict(
-      judge="oracle", temperature=0.0, max_new_tokens=0, batch_size=64,
-      comparisons=("rlaif_vs_sft", "rlhf_vs_sft", "rlaif_vs_rlhf", "direct_rlaif_vs_sft",
-                   "dpo_vs_sft", "rlaif_vs_reference", "rlhf_vs_reference")))
+  c.eval = eval_config()           # prompts and policies: the pipeline's own files
+  # The demo's labeler has the policy's shape, so its RLAIF arm is the paper's
+  # same-size RLAIF, and direct_rlaif_vs_rlaif is the paper's d-RLAIF vs
+  # same-size RLAIF (60%).
+  c.eval.comparisons = ("rlaif_vs_sft", "rlhf_vs_sft", "rlaif_vs_rlhf", "direct_rlaif_vs_sft",
+                        "direct_rlaif_vs_rlaif", "dpo_vs_sft", "rlaif_vs_reference",
+                        "rlhf_vs_reference")
   c.pipeline.arms = ("rlaif", "rlhf", "direct_rlaif", "dpo")   # drop any to skip it
   # {name: model.arch shape} of extra labelers (each pre-trained like the demo's,
   # p.labeler_pretrain) whose alignment the report sets beside the paper's sizes;

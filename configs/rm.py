@@ -10,6 +10,7 @@
   hh_harmless
 """
 from rlaif_jax.config import base_config, paper_scale, toy_scale
+from rlaif_jax.learners.reward import rm_config
 
 
 VARIANTS = ("toy", "tldr", "hh_helpful", "hh_harmless")
@@ -17,7 +18,7 @@ VARIANTS = ("toy", "tldr", "hh_helpful", "hh_harmless")
 def get_config(variant: str = "toy"):
   c = base_config()
   c.stage = "rm"
-  c.train.normalize_rewards = True     # shift so the mean held-out reward is 0
+  c.rm = rm_config()                   # rm.normalize_rewards: mean held-out reward 0
   if variant == "toy":
     toy_scale(c, steps=200)
     return c

@@ -43,7 +43,7 @@ STAGES = {
     "rl": "rlaif_jax.learners.rl",
     "dpo": "rlaif_jax.learners.dpo",
     "eval": "rlaif_jax.eval.stage",
-    "pipeline": "rlaif_jax.pipeline",
+    "pipeline": "rlaif_jax.demo.pipeline",
 }
 
 

@@ -128,11 +128,13 @@ def test_the_dry_run_sizes_the_preset_when_the_checkpoint_is_elsewhere(tmp_path)
 
 
 def test_resolve_reads_sections_of_any_shape():
-  """A labeler's section (arch holding scan_layers, no layout keys of its own)."""
+  """A labeler's section (layout keys beside arch, as the policy's), and a bare
+  one with no layout keys at all."""
   lab = labeler_config().model
-  lab.arch.update(ARCH, scan_layers=True)
-  lab.random_init = True
+  assert "scan_layers" not in lab.arch and "remat" not in lab.arch   # one place each
+  lab.arch.update(ARCH)
+  lab.update(scan_layers=True, remat="dots", random_init=True)
   cfg = resolve(lab)
-  assert cfg.scan_layers and cfg.vocab_size == 320
+  assert cfg.scan_layers and cfg.remat == "dots" and cfg.vocab_size == 320
   bare = ml_collections.ConfigDict(dict(dtype="float32", arch=dict(vocab_size=64, **ARCH)))
   assert resolve(bare) == ModelConfig(vocab_size=64, **ARCH)

@@ -11,7 +11,7 @@ import jax
 
 from rlaif_jax import config as C
 from rlaif_jax import paths as io
-from rlaif_jax import pipeline
+from rlaif_jax.demo import pipeline
 from rlaif_jax.demo import world
 from rlaif_jax.mesh import make_mesh
 

@@ -7,7 +7,7 @@ import pytest
 
 from rlaif_jax import paths as io
 from rlaif_jax.demo import world, world_data, world_tokenizer
-from rlaif_jax.eval.judges import OracleJudge
+from rlaif_jax.demo.judge import OracleJudge
 
 POST = ("ok so my roommate borrowed my guitar last week . my cousin has a camera just like it . "
         "should i demand a refund ?")
@@ -132,7 +132,7 @@ class _HarmSpotter:
 def test_harmless_labeler_prompt_inverts_the_preference(tmp_path):
   import jax
   from rlaif_jax import config as C
-  from rlaif_jax import pipeline
+  from rlaif_jax.demo import pipeline
   from rlaif_jax.labeler.config import build_labeler
   c = C.load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
                                       "pipeline.py") + ":tiny")
@@ -228,7 +228,7 @@ def test_world_files_are_idempotent(tmp_path):
 def test_trained_demo_labeler_beats_chance(tmp_path):
   import jax
   from rlaif_jax import config as C
-  from rlaif_jax import pipeline
+  from rlaif_jax.demo import pipeline
   from rlaif_jax.learners import sft
   from rlaif_jax.mesh import make_mesh
   c = C.load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
@@ -239,7 +239,7 @@ def test_trained_demo_labeler_beats_chance(tmp_path):
   lc = pipeline.stage_config(c, stage="sft", train=c.pipeline.labeler_pretrain,
                              tokenizer=paths["tokenizer"], jsonl_path=paths["labeler_train"],
                              eval_jsonl_path=paths["labeler_valid"], jsonl_kind="sft",
-                             max_prompt_len=c.labeler.max_prompt_len, max_response_len=2)
+                             max_prompt_len=c.pipeline.labeler_prompt_len, max_response_len=2)
   with lc.unlocked():
     lc.model.arch.update(pipeline.labeler_arch(c.labeler.model.arch))
     lc.mesh.data = 1

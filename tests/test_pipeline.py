@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from rlaif_jax import config as C
-from rlaif_jax import pipeline
+from rlaif_jax.demo import pipeline
 from rlaif_jax.mesh import make_mesh
 
 CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "pipeline.py")
@@ -51,12 +51,14 @@ def test_pipeline_end_to_end_and_resume(tmp_path, monkeypatch):
     assert key == "wall_seconds" or 0.0 <= rep[key] <= 1.0, key
   assert rep["wall_seconds"] > 0
   for name in ("rlaif_vs_sft", "rlhf_vs_sft", "rlaif_vs_rlhf", "direct_rlaif_vs_sft",
-               "dpo_vs_sft"):
+               "direct_rlaif_vs_rlaif", "dpo_vs_sft"):
     w = rep["win_rates"][name]
     assert set(w) == {"rate", "ci_low", "ci_high", "n"} and w["n"] == c.world.n_eval
     assert 0.0 <= w["ci_low"] <= w["rate"] <= w["ci_high"] <= 1.0, (name, w)
     assert 0.0 <= rep["length_controlled"][name]["rate"] <= 1.0
   assert rep["pending"] == []
+  # the demo's labeler has the policy's shape: its RLAIF arm is the paper's same-size one
+  assert any("same-size RLAIF" in n for n in rep["notes"]), rep.get("notes")
   for f in ("report.md", "win_rates.png", "training_curves.png"):
     assert (tmp_path / f).stat().st_size > 0
   assert "rlaif_vs_sft" in (tmp_path / "report.md").read_text()
@@ -87,3 +89,25 @@ def test_pipeline_end_to_end_and_resume(tmp_path, monkeypatch):
   again = pipeline.run(c, workdir, mesh)
   assert {s: (tmp_path / s / "DONE").read_text() for s in STAGES} == done
   assert again["win_rate/rlaif_vs_sft"] == out["win_rate/rlaif_vs_sft"]
+
+
+@pytest.mark.parametrize("arms,want", [
+    (("direct_rlaif",), ["world", "labeler_pretrain", "sft", "sample_pairs", "rl_direct"]),
+    (("dpo",), ["world", "labeler_pretrain", "sft", "sample_pairs", "label", "dpo"]),
+    (("rlhf",), ["world", "labeler_pretrain", "sft", "sample_pairs", "rm_human", "rl_rlhf"]),
+    (("rlaif", "rlhf", "direct_rlaif", "dpo"), list(STAGES[:-1])),
+])
+def test_the_arms_table_runs_what_each_arm_reads_and_nothing_else(arms, want):
+  assert pipeline.stages_for(arms) == want
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("pipeline.arms", ("rlaif", "ppo_arm"), r"pipeline.arms: unknown \['ppo_arm'\]; known: rlaif"),
+    ("eval.comparisons", ("rlaif_vs_dpo", "rlaif_vs_ppo"), "'rlaif_vs_ppo' is not <policy>_vs_"),
+])
+def test_the_pipeline_refuses_unknown_arms_and_comparisons(key, value, match):
+  c = _config()
+  section, field = key.split(".")
+  c[section][field] = value
+  with pytest.raises(C.ConfigError, match=match):
+    pipeline.validate(c, None)

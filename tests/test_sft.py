@@ -236,3 +236,21 @@ def test_select_is_validated(select, metric, match, mesh):
   assert "\n" not in str(e.value)
   c.train.update(select="best", select_metric="perplexity")
   sft.validate(c, mesh)
+
+
+@pytest.mark.parametrize("select,warned", [("last", False), ("best", True)])
+def test_an_evaluation_without_the_ranked_metric_warns_only_under_select_best(
+    select, warned, tmp_path, mesh, caplog):
+  """An RM's held-out pairs without labels give loss_labels = nan: under
+  select=last nothing is kept by it (no warning); under select=best the user is
+  told that nothing could be ranked."""
+  model = init_sharded(lambda r: Transformer(CFG, r), mesh)
+  c = train_config(4, eval_every=2, checkpoint_every=1000, select=select)
+  trainer = Trainer(c, str(tmp_path), mesh, model, sft_loss)
+  with caplog.at_level("WARNING"):
+    result = trainer.fit(ListIterator([make_batch()]),
+                         lambda: {"loss_labels": float("nan"), "loss": 1.0},
+                         best_by=("loss_labels", "min"))
+  warnings = [r for r in caplog.records if "no finite eval/loss_labels" in r.getMessage()]
+  assert bool(warnings) is warned, [r.getMessage() for r in caplog.records]
+  assert "best_step" not in result

@@ -43,7 +43,7 @@ CASES = {
         "error: labeler: no pairwise template for task='poetry', preamble='base'; built in: "),
     "eval_judge": (
         "configs/eval.py:demo", ["--config.eval.judge=crowd"],
-        "error: eval.judge='crowd': use oracle (the demo world's) or labeler"),
+        "error: eval.judge='crowd': use labeler, oracle (the demo world's) or package.module:factory"),
 }
 
 
@@ -72,3 +72,37 @@ def test_bad_value_is_one_line_before_the_mesh(name, results):
   assert lines[0].startswith(CASES[name][2]), lines[0]
   assert "Traceback" not in stderr and not stdout
   assert list(workdir.iterdir()) == []      # no config copy: stopped before the mesh
+
+
+SECTIONS = {"rl": "rlaif_jax.learners.rl:rl_config", "dpo": "rlaif_jax.learners.dpo:dpo_config",
+            "rm": "rlaif_jax.learners.reward:rm_config", "eval": "rlaif_jax.eval.stage:eval_config",
+            "labeler": "rlaif_jax.labeler.config:labeler_config"}
+
+
+def _keys(cfg, prefix=""):
+  out = set()
+  for k, v in cfg.items():
+    out |= _keys(v, f"{prefix}{k}.") if hasattr(v, "items") and k not in ("policies", "curves") \
+        else {prefix + k}
+  return out
+
+
+@pytest.mark.parametrize("spec", ["configs/rl.py:toy", "configs/rl.py:tldr_direct",
+                                  "configs/dpo.py:toy", "configs/rm.py:toy", "configs/eval.py:tldr",
+                                  "configs/label.py:toy", "configs/pipeline.py:demo",
+                                  "configs/pipeline.py:paper"])
+def test_config_files_choose_values_of_the_stage_owned_sections(spec):
+  """A config file's stage sections are the stage module's schema (same keys,
+  nothing added or dropped): the files choose values, the stages own the keys."""
+  import importlib
+  from rlaif_jax.config import load_config_file
+  config = load_config_file(str(ROOT / spec))
+  checked = 0
+  for name, ref in SECTIONS.items():
+    if name not in config:
+      continue
+    module, fn = ref.split(":")
+    want = getattr(importlib.import_module(module), fn)()
+    assert _keys(config[name]) == _keys(want), (spec, name)
+    checked += 1
+  assert checked >= 1

@@ -10,43 +10,15 @@ which cancels any preference for a slot (a labeler's position bias; the
 demo oracle has none, so for it this is an identity that costs nothing).
 
   LabelerJudge  an AI labeler (rlaif_jax.labeler) – its two-order soft label.
-  OracleJudge   the demo world's hidden human rater (rlaif_jax.demo.world).
+  "oracle"      the demo world's hidden human rater (rlaif_jax.demo.judge), or
+  "pkg.module:factory"  any judge of the caller's: a callable with this interface
+                (and optionally `harmless`, `harm_prompts`, `helpfulness`,
+                `quality_fn`). The eval stage knows judges by name only, so it
+                depends on no world of its own.
 """
 from __future__ import annotations
 
 import numpy as np
-
-
-class OracleJudge:
-  """The demo world's oracle as a judge: the share of its raters preferring a."""
-
-  name = "oracle"
-
-  def __init__(self, oracle=None):
-    from rlaif_jax.demo.world import Oracle
-    self.oracle = oracle or Oracle()
-
-  def __call__(self, prompts, responses_a, responses_b) -> np.ndarray:
-    ab = np.array([self.oracle.preference(p, a, b)
-                   for p, a, b in zip(prompts, responses_a, responses_b)])
-    ba = np.array([self.oracle.preference(p, b, a)
-                   for p, a, b in zip(prompts, responses_a, responses_b)])
-    return (ab + 1.0 - ba) / 2.0
-
-  def harmless(self, prompts, responses) -> np.ndarray:
-    """1 where a summary does not urge a revenge act on (the demo world's harm,
-    `world.harmful`), else 0."""
-    return np.array([float(self.oracle.harmless(r)) for r in responses])
-
-  def harm_prompts(self, prompts) -> np.ndarray:
-    """Which prompts invite harm: the ones a harmless rate is measured on."""
-    from rlaif_jax.demo import world
-    return np.array([world.invitation(p) is not None for p in prompts])
-
-  def helpfulness(self, prompts, responses) -> np.ndarray:
-    """Share of the post's key facts a response covers: a harmless response that
-    says nothing (a refusal) scores 0."""
-    return np.array([self.oracle.helpfulness(p, r) for p, r in zip(prompts, responses)])
 
 
 class LabelerJudge:
@@ -71,10 +43,22 @@ class LabelerJudge:
     return (self.harmless_labeler.score_direct(list(prompts), list(responses)) > 0).astype(float)
 
 
+# Named judges outside this package layer, imported only when asked for.
+JUDGES = {"oracle": "rlaif_jax.demo.judge:OracleJudge"}
+
+
 def make_judge(name: str, labeler_config=None, seed: int = 0):
-  if name == "oracle":
-    return OracleJudge()
   if name == "labeler":
     from rlaif_jax.labeler.config import build_labeler
     return LabelerJudge(build_labeler(labeler_config, seed=seed)[0])
-  raise ValueError(f"eval.judge={name!r}: use oracle (demo world) or labeler")
+  spec = JUDGES.get(name, name)
+  module, _, attr = spec.partition(":")
+  if not attr:
+    raise ValueError(f"eval.judge={name!r}: use labeler, oracle (demo world) or "
+                     "package.module:factory")
+  import importlib
+  try:
+    factory = getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"eval.judge={name!r}: cannot load {spec} ({e})") from None
+  return factory()

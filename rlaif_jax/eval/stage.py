@@ -40,7 +40,6 @@ def policy_responses(config, policies: dict, prompts, references, mesh) -> dict:
   return out
 
 
-JUDGES = ("oracle", "labeler")
 POLICIES = ("sft", "rlaif", "rlhf", "direct_rlaif", "dpo")
 
 
@@ -60,8 +59,9 @@ def validate(config, mesh) -> None:
   """The eval stage's checks before any model or mesh exists."""
   del mesh   # nothing here depends on the device layout
   e = config.eval
-  if e.judge not in JUDGES:
-    raise ConfigError(f"eval.judge={e.judge!r}: use oracle (the demo world's) or labeler")
+  if e.judge != "labeler" and e.judge not in judges.JUDGES and ":" not in e.judge:
+    raise ConfigError(f"eval.judge={e.judge!r}: use labeler, oracle (the demo world's) or "
+                      "package.module:factory")
   if not e.prompts_path:
     raise ConfigError("eval.prompts_path is empty: a JSONL file of {\"prompt\"[, \"response\"]}")
   if not paths.exists(e.prompts_path):
@@ -93,7 +93,7 @@ def run(config, workdir: str, mesh) -> dict:
   responses = policy_responses(config, policies, prompts, [r.get("response", "") for r in rows],
                                mesh)
   judge = judges.make_judge(e.judge, e.get("labeler"), config.seed)
-  quality = judge.oracle.reward_fn if isinstance(judge, judges.OracleJudge) else None
+  quality = getattr(judge, "quality_fn", None)
   rep = metrics.evaluate_texts(judge, prompts, responses, list(e.comparisons),
                                quality_fn=quality)
   rep["judge"] = judge.name

@@ -18,7 +18,7 @@ from rlaif_jax.labeler.prompts import (chat_template, direct_template, load_exem
 from rlaif_jax.labeler.scorer import CotConfig, Labeler
 from rlaif_jax.mesh import make_mesh
 from rlaif_jax.models.build import build, check_model
-from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.models.config import LAYOUT, ModelConfig
 from rlaif_jax.models.tokenizer import load_tokenizer
 
 
@@ -30,9 +30,12 @@ def labeler_config() -> ml_collections.ConfigDict:
   c.model.preset = ""            # from scratch / dry run: a public architecture (models/presets.py)
   c.model.tokenizer = "byte"
   c.model.dtype = "float32"
+  c.model.scan_layers = False    # layout, as the policy's `model` section
+  c.model.remat = "none"
   c.model.arch = ml_collections.ConfigDict(
       {f.name: f.default for f in dataclasses.fields(ModelConfig)
-       if f.name not in ("rope_scaling", "dtype", "bos_token_id", "eos_token_id", "pad_token_id")})
+       if f.name not in LAYOUT + ("rope_scaling", "dtype", "bos_token_id", "eos_token_id",
+                                  "pad_token_id")})
   c.model.arch.vocab_size = 0    # 0 = the tokenizer's size rounded up to a multiple of 64
   c.mesh = ml_collections.ConfigDict(dict(devices=0, data=-1, fsdp=1, tensor=1))
 

@@ -20,6 +20,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -81,6 +82,14 @@ def normalize(model, batches, mesh) -> float:
   return mean
 
 
+def rm_config() -> ml_collections.ConfigDict:
+  """The stage's section, `config.rm`."""
+  return ml_collections.ConfigDict(dict(
+      # After training, shift the head's bias so the mean reward over the held-out
+      # pairs is 0: RL then starts from rewards centred on what the SFT policy writes.
+      normalize_rewards=True))
+
+
 def validate(config, mesh) -> None:
   """The RM stage's checks before anything is built (`mesh` may be abstract)."""
   del mesh   # nothing here depends on the device layout
@@ -100,7 +109,7 @@ def run(config, workdir: str, mesh) -> dict:
                        tokens_per_batch=lambda b: int(np.sum(b["mask_a"]) + np.sum(b["mask_b"])),
                        best_by=selection(config, EVAL_METRICS, "loss_labels"))
   final = trainer.chosen_model()
-  if config.train.get("normalize_rewards") and held_out:
+  if config.rm.normalize_rewards and held_out:
     shift = normalize(final, held_out, mesh)
     result["reward_shift"] = shift
     logging.info("rewards normalised: head bias shifted by %.4f", -shift)

@@ -481,8 +481,12 @@ class Trainer:
     the evaluation `ev` of `step`."""
     value = ev.get(f"eval/{metric}")
     if value is None or not math.isfinite(value):
-      logging.warning("%s step %d: no finite eval/%s to rank (got %s)", self.name, step,
-                      metric, sorted(ev))
+      # Under select=last the ranking only reports best_step: held-out data without
+      # the metric (an RM's unlabelled pairs) is no reason to warn. Under select=best
+      # it is: the model kept would silently be the last one.
+      if keep is not None:
+        logging.warning("%s step %d: no finite eval/%s to rank (got %s); train.select=best "
+                        "keeps nothing from this evaluation", self.name, step, metric, sorted(ev))
       return
     b = self.best
     if b is None or (value < b["value"] if mode == "min" else value > b["value"]):

@@ -2,6 +2,9 @@
 
     python -m rlaif_jax.main --config=configs/pipeline.py:demo --workdir=/tmp/rlaif
 
+The stages and arms are two tables, STAGES and ARMS (below): `run` takes the
+stages the chosen arms (pipeline.arms) need, in table order.
+
 Stages, each in <workdir>/<stage>/ (a finished stage leaves DONE holding its
 summary JSON and is never rerun; an unfinished one resumes from its own
 checkpoints):
@@ -31,15 +34,17 @@ RMs' held-out accuracy use the separate held-out pairs).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import random
 import time
+from typing import Callable
 
 from rlaif_jax import paths as io
+from rlaif_jax.errors import ConfigError
 from rlaif_jax.demo import world, world_data
 
-ARM_STAGES = {"rlaif": ("rm_ai", "rl_rlaif"), "rlhf": ("rm_human", "rl_rlhf"),
-              "direct_rlaif": ("rl_direct",), "dpo": ("dpo",)}
 
 
 def run_stage(workdir: str, stage: str, fn) -> dict:
@@ -87,7 +92,6 @@ def labeler_cfg(config, paths, labeler_dir, task: str = "summarization"):
     lc.template.preamble = (world_data.HARM_PREAMBLE if task == "harmless" else
                             world_data.PAIR_PREAMBLE)
     lc.direct_template.preamble = world_data.DIRECT_PREAMBLE
-    del lc["max_prompt_len"]
   return lc
 
 
@@ -198,133 +202,222 @@ def labeler_sizes(config, mesh, labeler_dirs: dict, paths, heldout_path: str) ->
   return out
 
 
-def run(config, workdir: str, mesh) -> dict:
-  from rlaif_jax.learners import dpo, reward, sft
-  t_start = time.perf_counter()
-  p, w = config.pipeline, config.world
-  D = lambda *parts: io.join(workdir, *parts)
-  arms = tuple(p.arms)
-  paths = {}
+# ------------------------------------------------------------------ the table
 
-  def world_stage(d):
-    paths.update(world_data.write(d, seed=config.seed, n_sft=w.n_sft, n_prompts=w.n_prompts,
+class Run:
+  """What every stage of one pipeline run reads: the config, the mesh, the
+  workdir, the world's files and what earlier stages returned."""
+
+  def __init__(self, config, workdir: str, mesh):
+    self.config, self.workdir, self.mesh = config, workdir, mesh
+    self.p, self.files, self.summaries = config.pipeline, {}, {}
+
+  def dir(self, *parts) -> str:
+    return io.join(self.workdir, *parts)
+
+  @property
+  def tok(self) -> str:
+    return self.files["tokenizer"]
+
+  @property
+  def sft_model(self) -> str:
+    return self.dir("sft", "model")
+
+  def pairs(self, name: str) -> str:     # pairs_train | pairs_heldout | pairs_human
+    return self.dir("sample_pairs", f"{name}.jsonl")
+
+  def labeler(self, task: str = "summarization"):
+    return labeler_cfg(self.config, self.files, self.dir("labeler_pretrain"), task)
+
+
+def _world(r: Run, d):
+  w = r.config.world
+  r.files.update(world_data.write(d, seed=r.config.seed, n_sft=w.n_sft, n_prompts=w.n_prompts,
                                   n_eval=w.n_eval, n_labeler=w.n_labeler))
-    return {"files": len(paths)}
-  run_stage(workdir, "world", world_stage)
-  paths.update(world_data.write(D("world"), seed=config.seed, n_sft=w.n_sft,
-                                n_prompts=w.n_prompts, n_eval=w.n_eval, n_labeler=w.n_labeler))
-  tok = paths["tokenizer"]
+  return {"files": len(r.files)}
 
-  def labeler_pretrain(d, arch=None):
-    c = stage_config(config, stage="sft", train=p.labeler_pretrain, tokenizer=tok,
-                     jsonl_path=paths["labeler_train"], eval_jsonl_path=paths["labeler_valid"],
-                     jsonl_kind="sft", max_prompt_len=config.labeler.max_prompt_len,
-                     max_response_len=2)
-    with c.unlocked():
-      c.model.arch.update(labeler_arch(config.labeler.model.arch))
-      c.model.arch.update(arch or {})
-    return sft.run(c, d, mesh)
-  run_stage(workdir, "labeler_pretrain", labeler_pretrain)
-  lab_conf = labeler_cfg(config, paths, D("labeler_pretrain"))
-  harm_conf = labeler_cfg(config, paths, D("labeler_pretrain"), "harmless")
 
-  run_stage(workdir, "sft", lambda d: sft.run(stage_config(
-      config, stage="sft", train=p.sft, tokenizer=tok, jsonl_path=paths["sft_train"],
-      eval_jsonl_path=paths["sft_valid"], jsonl_kind="sft"), d, mesh))
-  sft_model = D("sft", "model")
-  run_stage(workdir, "sample_pairs", lambda d: sample_pairs(config, mesh, paths, sft_model, d))
-  pairs = {k: D("sample_pairs", f"{k}.jsonl") for k in ("pairs_train", "pairs_heldout",
-                                                        "pairs_human")}
+def _labeler_pretrain(r: Run, d, arch=None):
+  from rlaif_jax.learners import sft
+  c = stage_config(r.config, stage="sft", train=r.p.labeler_pretrain, tokenizer=r.tok,
+                   jsonl_path=r.files["labeler_train"], eval_jsonl_path=r.files["labeler_valid"],
+                   jsonl_kind="sft", max_prompt_len=r.p.labeler_prompt_len, max_response_len=2)
+  with c.unlocked():
+    c.model.arch.update(labeler_arch(r.config.labeler.model.arch))
+    c.model.arch.update(arch or {})
+  return sft.run(c, d, r.mesh)
 
-  def label(d):
-    return label_by_task(config, mesh, {"summarization": lab_conf, "harmless": harm_conf},
-                         pairs["pairs_train"], pairs["pairs_heldout"], d)
-  sizes, size_dirs = config.pipeline.get("labeler_sizes") or {}, {}
-  for name, arch in sizes.items():
+
+def _sft(r: Run, d):
+  from rlaif_jax.learners import sft
+  return sft.run(stage_config(r.config, stage="sft", train=r.p.sft, tokenizer=r.tok,
+                              jsonl_path=r.files["sft_train"],
+                              eval_jsonl_path=r.files["sft_valid"], jsonl_kind="sft"), d, r.mesh)
+
+
+def _sample_pairs(r: Run, d):
+  return sample_pairs(r.config, r.mesh, r.files, r.sft_model, d)
+
+
+def _label(r: Run, d):
+  return label_by_task(r.config, r.mesh, {t: r.labeler(t) for t in ("summarization", "harmless")},
+                       r.pairs("pairs_train"), r.pairs("pairs_heldout"), d)
+
+
+def _rm(data: str, r: Run, d):
+  """A reward model on `data`: "ai" (the label stage's labels) or "human" (one
+  oracle vote per pair)."""
+  from rlaif_jax.learners import reward
+  path = r.dir("label", "labels.jsonl") if data == "ai" else r.pairs("pairs_human")
+  return reward.run(stage_config(r.config, stage="rm", train=r.p.rm, tokenizer=r.tok,
+                                 checkpoint=r.sft_model, jsonl_path=path,
+                                 eval_jsonl_path=r.pairs("pairs_heldout"), jsonl_kind="pairs"),
+                    d, r.mesh)
+
+
+def _rl(reward_model: str, r: Run, d):
+  """RL from the SFT policy against <reward_model>/model, or against the
+  labeler's direct 1–10 score when `reward_model` is "" (with the arm's own
+  overrides, pipeline.rl_direct)."""
+  from rlaif_jax.learners import rl
+  train = r.p.rl.copy_and_resolve_references()
+  settings = dict(reward="model", reward_model=r.dir(reward_model, "model"))
+  if not reward_model:
+    train.update(r.p.rl_direct.train.to_dict())
+    settings = dict(r.p.rl_direct.rl.to_dict(), reward="labeler")
+  # validation prompts: held-out SFT posts, never the eval stage's
+  c = stage_config(r.config, stage="rl", train=train, tokenizer=r.tok, checkpoint=r.sft_model,
+                   jsonl_path=r.files["prompts_train"], jsonl_kind="prompts",
+                   eval_jsonl_path=r.files["sft_valid"])
+  with c.unlocked():
+    c.rl.update(settings)
+    if not reward_model:
+      c.rl.labeler = r.labeler()
+  return rl.run(c, d, r.mesh)
+
+
+def _dpo(r: Run, d):
+  from rlaif_jax.learners import dpo
+  return dpo.run(stage_config(r.config, stage="dpo", train=r.p.dpo, tokenizer=r.tok,
+                              checkpoint=r.sft_model, jsonl_path=r.dir("label", "labels.jsonl"),
+                              eval_jsonl_path=r.pairs("pairs_heldout"), jsonl_kind="pairs"),
+                 d, r.mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  fn: Callable[[Run, str], dict]
+  after: tuple[str, ...] = ()     # the stages whose outputs it reads
+  curves: bool = False            # RL: its metrics/rl.jsonl goes into the training curves
+
+
+# Every stage, in an order that runs each after what it reads.
+STAGES = {
+    "world": Stage(_world),
+    "labeler_pretrain": Stage(_labeler_pretrain, ("world",)),
+    "sft": Stage(_sft, ("world",)),
+    "sample_pairs": Stage(_sample_pairs, ("sft",)),
+    "label": Stage(_label, ("labeler_pretrain", "sample_pairs")),
+    "rm_ai": Stage(functools.partial(_rm, "ai"), ("label",)),
+    "rm_human": Stage(functools.partial(_rm, "human"), ("sample_pairs",)),
+    "rl_rlaif": Stage(functools.partial(_rl, "rm_ai"), ("rm_ai",), curves=True),
+    "rl_rlhf": Stage(functools.partial(_rl, "rm_human"), ("rm_human",), curves=True),
+    "rl_direct": Stage(functools.partial(_rl, ""), ("labeler_pretrain", "sft"), curves=True),
+    "dpo": Stage(_dpo, ("label",)),
+}
+# An arm is the stage whose <workdir>/<stage>/model is its policy; what that
+# stage reads runs first. Adding an arm is a row here (and its stage above).
+ARMS = {"rlaif": "rl_rlaif", "rlhf": "rl_rlhf", "direct_rlaif": "rl_direct", "dpo": "dpo"}
+ALWAYS = ("world", "labeler_pretrain", "sft", "sample_pairs")   # the report reads them
+
+
+def validate(config, mesh) -> None:
+  """The pipeline's own checks before anything runs (each stage's config is
+  checked again by its learner when the stage starts)."""
+  del mesh
+  stages_for(config.pipeline.arms)
+  for comp in config.eval.comparisons:
+    names = comp.split("_vs_")
+    bad = [n for n in names if n not in ("sft", "reference", *ARMS)]
+    if len(names) != 2 or bad:
+      raise ConfigError(f"eval.comparisons: {comp!r} is not <policy>_vs_<policy> of "
+                        f"sft, reference, {', '.join(ARMS)}")
+
+
+def stages_for(arms) -> list[str]:
+  """The stages the chosen arms need, in table order."""
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown:
+    raise ConfigError(f"pipeline.arms: unknown {unknown}; known: {', '.join(ARMS)}")
+  need, todo = set(ALWAYS), [ARMS[a] for a in arms]
+  while todo:
+    s = todo.pop()
+    if s not in need:
+      need.add(s)
+      todo.extend(STAGES[s].after)
+  return [s for s in STAGES if s in need]
+
+
+def run(config, workdir: str, mesh) -> dict:
+  t_start = time.perf_counter()
+  r = Run(config, workdir, mesh)
+  arms = tuple(config.pipeline.arms)
+  for name in stages_for(arms):
+    r.summaries[name] = run_stage(workdir, name, lambda d, name=name: STAGES[name].fn(r, d))
+    if name == "world":      # a finished world stage: its file list, without rewriting it
+      w = config.world
+      r.files.update(world_data.write(r.dir("world"), seed=config.seed, n_sft=w.n_sft,
+                                      n_prompts=w.n_prompts, n_eval=w.n_eval,
+                                      n_labeler=w.n_labeler))
+
+  # The paper's labeler-size experiment (the `paper` variant): more labelers
+  # pre-trained like the demo's; one shaped like the demo's is the demo's.
+  size_dirs = {}
+  for name, arch in (config.pipeline.get("labeler_sizes") or {}).items():
     if arch.to_dict() == {k: config.labeler.model.arch[k] for k in arch}:
-      size_dirs[name] = D("labeler_pretrain")       # the demo's own labeler
+      size_dirs[name] = r.dir("labeler_pretrain")
       continue
     run_stage(workdir, f"labeler_pretrain_{name}",
-              lambda d, arch=arch: labeler_pretrain(d, arch.to_dict()))
-    size_dirs[name] = D(f"labeler_pretrain_{name}")
-
-  need_labels = bool({"rlaif", "dpo"} & set(arms))
-  labels = run_stage(workdir, "label", label) if need_labels else {}
+              lambda d, arch=arch: _labeler_pretrain(r, d, arch.to_dict()))
+    size_dirs[name] = r.dir(f"labeler_pretrain_{name}")
   sizes_rep = run_stage(workdir, "labeler_sizes", lambda d: labeler_sizes(
-      config, mesh, size_dirs, paths, pairs["pairs_heldout"])) if size_dirs else {}
-  ai_pairs = D("label", "labels.jsonl")
+      config, mesh, size_dirs, r.files, r.pairs("pairs_heldout"))) if size_dirs else {}
 
-  def rm(d, data_path):
-    return reward.run(stage_config(config, stage="rm", train=p.rm, tokenizer=tok,
-                                   checkpoint=sft_model, jsonl_path=data_path,
-                                   eval_jsonl_path=pairs["pairs_heldout"], jsonl_kind="pairs"),
-                      d, mesh)
-  results = {}
-  if "rlaif" in arms:
-    results["rm_ai"] = run_stage(workdir, "rm_ai", lambda d: rm(d, ai_pairs))
-  if "rlhf" in arms:
-    results["rm_human"] = run_stage(workdir, "rm_human", lambda d: rm(d, pairs["pairs_human"]))
-
-  def rl(d, train_overrides=None, **reward_settings):
-    from rlaif_jax.learners import rl as rl_learner
-    train = p.rl.copy_and_resolve_references()
-    train.update(train_overrides or {})
-    # validation prompts: held-out SFT posts, never the eval stage's
-    c = stage_config(config, stage="rl", train=train, tokenizer=tok, checkpoint=sft_model,
-                     jsonl_path=paths["prompts_train"], jsonl_kind="prompts",
-                     eval_jsonl_path=paths["sft_valid"])
-    with c.unlocked():
-      c.rl.update(reward_settings)
-      if reward_settings.get("reward") == "labeler":
-        c.rl.labeler = lab_conf
-    return rl_learner.run(c, d, mesh)
-  policies = {"sft": sft_model}
-  if "rlaif" in arms:
-    run_stage(workdir, "rl_rlaif", lambda d: rl(d, reward="model", reward_model=D("rm_ai", "model")))
-    policies["rlaif"] = D("rl_rlaif", "model")
-  if "rlhf" in arms:
-    run_stage(workdir, "rl_rlhf",
-              lambda d: rl(d, reward="model", reward_model=D("rm_human", "model")))
-    policies["rlhf"] = D("rl_rlhf", "model")
-  if "direct_rlaif" in arms:
-    # the direct arm's own recipe (pipeline.rl_direct: train / rl overrides)
-    run_stage(workdir, "rl_direct", lambda d: rl(
-        d, p.rl_direct.train.to_dict(), **dict(p.rl_direct.rl.to_dict(), reward="labeler")))
-    policies["direct_rlaif"] = D("rl_direct", "model")
-  if "dpo" in arms:
-    run_stage(workdir, "dpo", lambda d: dpo.run(stage_config(
-        config, stage="dpo", train=p.dpo, tokenizer=tok, checkpoint=sft_model,
-        jsonl_path=ai_pairs, eval_jsonl_path=pairs["pairs_heldout"], jsonl_kind="pairs"),
-        d, mesh))
-    policies["dpo"] = D("dpo", "model")
+  policies = {"sft": r.sft_model, **{a: r.dir(ARMS[a], "model") for a in arms}}
+  curves = {a: r.dir(ARMS[a], "metrics", "rl.jsonl") for a in arms if STAGES[ARMS[a]].curves}
 
   def evaluate(d):
     from rlaif_jax.eval import stage as eval_stage
-    c = stage_config(config, stage="eval", train=p.sft, tokenizer=tok)
+    c = stage_config(config, stage="eval", train=r.p.sft, tokenizer=r.tok)
     with c.unlocked():
-      c.eval.prompts_path = paths["eval"]
+      c.eval.prompts_path = r.files["eval"]
       c.eval.max_prompts = 0
       c.eval.policies = policies
       c.eval.comparisons = tuple(x for x in config.eval.comparisons
                                  if all(s in policies or s == "reference"
                                         for s in x.split("_vs_")))
       c.eval.rm_model, c.eval.rm_pairs_path = "", ""
-      c.eval.curves = {a: D(s, "metrics", "rl.jsonl") for a, s in
-                       (("rlaif", "rl_rlaif"), ("rlhf", "rl_rlhf"), ("direct_rlaif", "rl_direct"))
-                       if a in policies}
+      c.eval.curves = curves
     return eval_stage.run(c, d, mesh)
   run_stage(workdir, "eval", evaluate)
 
-  rep = io.read_json(D("eval", "report.json"))
+  labels, nan = r.summaries.get("label", {}), float("nan")
+  rep = io.read_json(r.dir("eval", "report.json"))
   rep.update(
       wall_seconds=time.perf_counter() - t_start,
-      labeler_alignment=labels.get("heldout_accuracy", float("nan")),
-      same_position_rate_single_order=labels.get("heldout_same_position_rate", float("nan")),
-      same_position_rate_averaged=labels.get("heldout_same_position_rate_averaged", float("nan")),
-      harmless_labeler_alignment=labels.get("harmless_heldout_accuracy", float("nan")),
-      rm_accuracy_ai=results.get("rm_ai", {}).get("eval/accuracy_human", float("nan")),
-      rm_accuracy_human=results.get("rm_human", {}).get("eval/accuracy_human", float("nan")),
-      pending=[a for a in ARM_STAGES if a not in arms])
+      labeler_alignment=labels.get("heldout_accuracy", nan),
+      same_position_rate_single_order=labels.get("heldout_same_position_rate", nan),
+      same_position_rate_averaged=labels.get("heldout_same_position_rate_averaged", nan),
+      harmless_labeler_alignment=labels.get("harmless_heldout_accuracy", nan),
+      rm_accuracy_ai=r.summaries.get("rm_ai", {}).get("eval/accuracy_human", nan),
+      rm_accuracy_human=r.summaries.get("rm_human", {}).get("eval/accuracy_human", nan),
+      pending=[a for a in ARMS if a not in arms])
+  lab, pol = labeler_arch(config.labeler.model.arch), config.model.arch.to_dict()
+  same_size = all(pol.get(k) == v for k, v in lab.items() if k not in ("max_seq_len",))
+  if "rlaif" in arms and same_size:
+    rep.setdefault("notes", []).append(
+        "The labeler has the policy's size, so the RLAIF arm is the paper's same-size RLAIF "
+        "(paper: 68% vs SFT) and direct_rlaif_vs_rlaif is its d-RLAIF vs same-size RLAIF (60%).")
   if size_dirs:
     rep["labeler_sizes"] = {k: sizes_rep[k] for k in size_dirs}
     rep.setdefault("notes", []).append(
@@ -333,12 +426,10 @@ def run(config, workdir: str, mesh) -> dict:
   rep.pop("plots", None)
   from rlaif_jax.eval.report import write_report
   for name in ("win_rates.png", "training_curves.png"):
-    src = D("eval", name)
+    src = r.dir("eval", name)
     if io.exists(src):
-      io.copy(src, D(name))
-  rep = write_report(workdir, rep, {a: D(s, "metrics", "rl.jsonl") for a, s in
-                                    (("rlaif", "rl_rlaif"), ("rlhf", "rl_rlhf"),
-                                     ("direct_rlaif", "rl_direct")) if a in policies})
+      io.copy(src, r.dir(name))
+  rep = write_report(workdir, rep, curves)
   flat = {k: v for k, v in rep.items() if isinstance(v, (int, float))}
   flat.update({f"win_rate/{k}": v["rate"] for k, v in rep["win_rates"].items()})
   return flat
