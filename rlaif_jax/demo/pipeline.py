@@ -41,10 +41,21 @@ import random
 import time
 from typing import Callable
 
-from rlaif_jax import paths as io
-from rlaif_jax.errors import ConfigError
-from rlaif_jax.demo import world, world_data
+import jax
 
+from rlaif_jax import paths as io
+from rlaif_jax.demo import world, world_data
+from rlaif_jax.errors import ConfigError
+from rlaif_jax.eval import stage as eval_stage
+from rlaif_jax.eval.generate import generate
+from rlaif_jax.eval.report import write_report
+from rlaif_jax.labeler import stage as label_stage
+from rlaif_jax.labeler.config import build_labeler
+from rlaif_jax.labeler.report import alignment_report
+from rlaif_jax.learners import dpo, reward, rl, sft
+from rlaif_jax.models.build import build
+from rlaif_jax.models.config import LAYOUT
+from rlaif_jax.models.tokenizer import load_tokenizer
 
 
 def run_stage(workdir: str, stage: str, fn) -> dict:
@@ -78,7 +89,6 @@ def stage_config(config, *, stage: str, train, tokenizer: str, checkpoint: str =
 def labeler_arch(arch) -> dict:
   """A labeler's `model.arch` as a policy config's: its shape only (the layout
   keys scan_layers / remat live in `model`, and ModelConfig takes them once)."""
-  from rlaif_jax.config import LAYOUT
   return {k: v for k, v in arch.to_dict().items() if k not in LAYOUT}
 
 
@@ -100,7 +110,6 @@ def label_by_task(config, mesh, lab_confs: dict, pairs_path: str, heldout_path: 
   """AI labels for the training pairs, each asked its own task's question
   (`lab_confs`: {task: labeler config}), merged in the pairs' order into
   <out_dir>/labels.jsonl; alignment with the held-out human votes per task."""
-  from rlaif_jax.labeler import stage as label_stage
   rows, heldout = io.read_jsonl(pairs_path), io.read_jsonl(heldout_path)
   out, labels = {}, {}
   for task, lc in lab_confs.items():
@@ -134,9 +143,6 @@ def label_by_task(config, mesh, lab_confs: dict, pairs_path: str, heldout_path: 
 
 def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
   """Two samples of the SFT policy per post. Held-out pairs get one oracle vote."""
-  from rlaif_jax.eval.generate import generate
-  from rlaif_jax.models.build import build
-  from rlaif_jax.models.tokenizer import load_tokenizer
   w = config.world
   tok = load_tokenizer(paths["tokenizer"])
   model = build(config.model, mesh, "lm", tok, config.seed, checkpoint=sft_model_dir)
@@ -169,10 +175,7 @@ def sample_pairs(config, mesh, paths, sft_model_dir, out_dir) -> dict:
 
 def alignment_on_heldout(labeler_conf, rows, seed) -> dict:
   """Labeler alignment with the held-out human votes (the paper's §1 metric)."""
-  import jax
 
-  from rlaif_jax.labeler.config import build_labeler
-  from rlaif_jax.labeler.report import alignment_report
   labeler, _ = build_labeler(labeler_conf, seed=seed)
   labels = labeler.label_pairs([r["prompt"] for r in rows], [r["response_a"] for r in rows],
                                [r["response_b"] for r in rows])
@@ -238,7 +241,6 @@ def _world(r: Run, d):
 
 
 def _labeler_pretrain(r: Run, d, arch=None):
-  from rlaif_jax.learners import sft
   c = stage_config(r.config, stage="sft", train=r.p.labeler_pretrain, tokenizer=r.tok,
                    jsonl_path=r.files["labeler_train"], eval_jsonl_path=r.files["labeler_valid"],
                    jsonl_kind="sft", max_prompt_len=r.p.labeler_prompt_len, max_response_len=2)
@@ -249,7 +251,6 @@ def _labeler_pretrain(r: Run, d, arch=None):
 
 
 def _sft(r: Run, d):
-  from rlaif_jax.learners import sft
   return sft.run(stage_config(r.config, stage="sft", train=r.p.sft, tokenizer=r.tok,
                               jsonl_path=r.files["sft_train"],
                               eval_jsonl_path=r.files["sft_valid"], jsonl_kind="sft"), d, r.mesh)
@@ -267,7 +268,6 @@ def _label(r: Run, d):
 def _rm(data: str, r: Run, d):
   """A reward model on `data`: "ai" (the label stage's labels) or "human" (one
   oracle vote per pair)."""
-  from rlaif_jax.learners import reward
   path = r.dir("label", "labels.jsonl") if data == "ai" else r.pairs("pairs_human")
   return reward.run(stage_config(r.config, stage="rm", train=r.p.rm, tokenizer=r.tok,
                                  checkpoint=r.sft_model, jsonl_path=path,
@@ -279,7 +279,6 @@ def _rl(reward_model: str, r: Run, d):
   """RL from the SFT policy against <reward_model>/model, or against the
   labeler's direct 1–10 score when `reward_model` is "" (with the arm's own
   overrides, pipeline.rl_direct)."""
-  from rlaif_jax.learners import rl
   train = r.p.rl.copy_and_resolve_references()
   settings = dict(reward="model", reward_model=r.dir(reward_model, "model"))
   if not reward_model:
@@ -297,7 +296,6 @@ def _rl(reward_model: str, r: Run, d):
 
 
 def _dpo(r: Run, d):
-  from rlaif_jax.learners import dpo
   return dpo.run(stage_config(r.config, stage="dpo", train=r.p.dpo, tokenizer=r.tok,
                               checkpoint=r.sft_model, jsonl_path=r.dir("label", "labels.jsonl"),
                               eval_jsonl_path=r.pairs("pairs_heldout"), jsonl_kind="pairs"),
@@ -387,7 +385,6 @@ def run(config, workdir: str, mesh) -> dict:
   curves = {a: r.dir(ARMS[a], "metrics", "rl.jsonl") for a in arms if STAGES[ARMS[a]].curves}
 
   def evaluate(d):
-    from rlaif_jax.eval import stage as eval_stage
     c = stage_config(config, stage="eval", train=r.p.sft, tokenizer=r.tok)
     with c.unlocked():
       c.eval.prompts_path = r.files["eval"]
@@ -424,7 +421,6 @@ def run(config, workdir: str, mesh) -> dict:
         "Greedy versus self-consistency labeling is not run: the demo world's labelers "
         "answer 1/2 and were never taught to write a rationale, so there is none to sample.")
   rep.pop("plots", None)
-  from rlaif_jax.eval.report import write_report
   for name in ("win_rates.png", "training_curves.png"):
     src = r.dir("eval", name)
     if io.exists(src):
