@@ -250,20 +250,31 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
   from rlaif_jax.learners.trainer import Trainer
   from rlaif_jax.models.transformer import (ScalarModel, Transformer, cache_shardings,
                                             init_cache)
+  from rlaif_jax.learners.rl_algorithms import ALGORITHMS
+  from rlaif_jax.mesh import logical_sharding
   r, d = config.rl, config.data
-  if r.shared_value_head:
-    raise ConfigError("--aot: rl.shared_value_head is not covered yet")
+  alg = ALGORITHMS[r.algorithm]
+  epochs, minibatches = alg.updates(r)
   cfg = _model_cfg(config, config.model)
   n_new = r.max_new_tokens or d.max_response_len
-  model = rl.ActorCritic(abstract_model(lambda k: Transformer(cfg, k), mesh),
-                         abstract_model(lambda k: ScalarModel(cfg, k), mesh))
-  updates = 1 if r.algorithm == "reinforce_baseline" else r.ppo_epochs * r.minibatches
+  policy = abstract_model(lambda k: Transformer(cfg, k), mesh)
+  if not alg.value_model:                      # grpo, rloo: no value network or head
+    model = rl.ActorCritic(policy, None, value_head=False)
+  elif r.shared_value_head:                    # a value head on the policy's trunk
+    model = rl.ActorCritic(policy, None)
+    model.value_head = nnx.Param(
+        jax.ShapeDtypeStruct((cfg.d_model,), jnp.float32,
+                             sharding=logical_sharding(("embed",), mesh, (cfg.d_model,))),
+        logical_axes=("embed",))
+  else:
+    model = rl.ActorCritic(policy, abstract_model(lambda k: ScalarModel(cfg, k), mesh))
   trainer = Trainer(config, None, mesh, model, rl.make_loss_fn(r, n_new), "rl",
-                    total_steps=config.train.steps * updates)
+                    total_steps=config.train.steps * epochs * minibatches)
   params = trainer.state["params"]
   ref_graphdef = nnx.graphdef(model.policy)
   reference = _copy(params["policy"])          # a copy of the initial policy
-  b, p = config.train.batch_size, d.max_prompt_len
+  # the rollout: alg.group_size(r) responses to each of train.batch_size prompts
+  b, p = config.train.batch_size * alg.group_size(r), d.max_prompt_len
   rows = lambda w, dt: jax.ShapeDtypeStruct((b, w), dt, sharding=batch_sharding(mesh, 2))
   out = {}
   # rollout: the Sampler's program (prefill, then the decode while-loop)
@@ -304,7 +315,7 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
     low, inputs, jaxpr = _labeler_step(lab, mesh, ctx, 0, g=0, n_query=10)
     residents.append(inputs[:2])
     out["rl_direct_labeler"] = (low, inputs, jaxpr)
-  train = {k: jax.ShapeDtypeStruct((b // r.minibatches if r.algorithm == "ppo" else b,)
+  train = {k: jax.ShapeDtypeStruct((b // minibatches,)
                                    + ((p + n_new,) if k in ("tokens", "mask") else
                                       () if k == "kl_coef" else (n_new,)),
                                    jnp.int32 if k == "tokens" else

@@ -118,8 +118,15 @@ def estimate(config, n_devices: int) -> dict:
                               "kv_cache": 0}}
   b = out["bytes_per_device"]
   seq = config.data.max_prompt_len + config.data.max_response_len
-  per_dev = max(config.train.batch_size // dp // max(config.train.grad_accum, 1), 1)
+  rows_ = config.train.batch_size
   models = [(role, kind, trainable, cfg, mesh) for role, kind, trainable in MODELS[stage]]
+  if stage == "rl":
+    from rlaif_jax.learners.rl_algorithms import ALGORITHMS
+    alg = ALGORITHMS[config.rl.algorithm]
+    rows_ *= alg.group_size(config.rl)           # k responses per prompt (grpo, rloo)
+    if not alg.value_model or config.rl.shared_value_head:   # no value network (a head: d floats)
+      models = [m for m in models if m[0] != "value"]
+  per_dev = max(rows_ // dp // max(config.train.grad_accum, 1), 1)
   if direct:   # the labeler's direct scores replace the RM (its devices overlap the policy's)
     models = [m for m in models if m[0] != "reward_model"] + [
         ("labeler", "lm", False, lab_cfg, lab_mesh)]

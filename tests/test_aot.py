@@ -129,3 +129,40 @@ def test_llama_3_8b_without_fsdp_on_v4_16_is_refused_naming_the_levers():
   assert err.startswith("error: sft does not fit v4:2x2x2"), err
   for lever in ("model.remat", "train.grad_accum", "mesh.fsdp", "mesh.tensor"):
     assert lever in err, err
+
+
+RL_SCRIPT = r'''
+import json, sys
+import jax
+from rlaif_jax import aot
+from rlaif_jax.config import load_config_file
+mesh = None
+out = {}
+for name, over in {"grpo": dict(algorithm="grpo", group_size=4, minibatches=2, ppo_epochs=1),
+                   "ppo_shared": dict(algorithm="ppo", shared_value_head=True, minibatches=4),
+                   "reinforce": dict(algorithm="reinforce_baseline")}.items():
+  c = load_config_file("configs/rl.py:toy")
+  c.rl.update(over)
+  c.train.batch_size = 16
+  mesh = aot.topology_mesh("v5e:2x2", c.mesh)
+  programs, _ = aot.rl_programs(c, mesh)
+  rollout_rows = programs["rl_rollout"][1][2].shape[0]
+  state = programs["rl_train_step"][1][0]
+  batch = programs["rl_train_step"][1][1]
+  out[name] = {"rollout_rows": rollout_rows, "train_rows": batch["tokens"].shape[0],
+               "nets": sorted(state["params"])}
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_rl_programs_follow_the_algorithm_table():
+  """The RL programs --aot lowers are the algorithm's: grpo samples group_size
+  responses per prompt and has no value network, the shared value head is a
+  head (no second network), and minibatches split the rollout's rows."""
+  p = run_py(["-c", RL_SCRIPT], timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = json.loads(next(l for l in p.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  assert out["grpo"] == {"rollout_rows": 64, "train_rows": 32, "nets": ["policy"]}
+  assert out["ppo_shared"] == {"rollout_rows": 16, "train_rows": 4,
+                               "nets": ["policy", "value_head"]}
+  assert out["reinforce"] == {"rollout_rows": 16, "train_rows": 16, "nets": ["policy", "value"]}

@@ -122,3 +122,22 @@ def test_local_launcher_dry_run_lists_every_process(monkeypatch):
     assert argv[argv.index("-m") - 1] == "/opt/my venv/bin/python"   # the caller's interpreter
   argv = shlex.split(dry(PYTHON="")[0])
   assert argv[argv.index("-m") - 1] == "python3"                        # the fallback
+
+
+def test_dry_run_counts_the_networks_and_rows_of_the_rl_algorithm():
+  """grpo and rloo train no value network (and a shared value head is d floats,
+  not a network): the dry run's parameters are the policy, reference and RM;
+  their rollout holds group_size responses per prompt."""
+  def est(**rl):
+    c = cfglib.load_config_file(f"{ROOT / 'configs' / 'rl.py'}:tldr_distilled")
+    c.rl.update(rl)
+    return dryrun.estimate(c, 4)
+  ppo, grpo = est(algorithm="ppo"), est(algorithm="grpo", group_size=4)
+  shared = est(algorithm="ppo", shared_value_head=True)
+  assert set(ppo["models"]) == {"policy", "value", "reference", "reward_model"}
+  assert set(grpo["models"]) == set(shared["models"]) == {"policy", "reference", "reward_model"}
+  value = ppo["models"]["value"]["params"]
+  assert value > 2e9                                    # a Gemma-2B trunk
+  b, g = ppo["bytes_per_device"], grpo["bytes_per_device"]
+  assert b["params"] - g["params"] == pytest.approx(4 * value / 4, rel=0.01)   # fsdp over 4 chips
+  assert g["kv_cache"] == 4 * b["kv_cache"]             # 4 responses to each prompt
