@@ -188,7 +188,7 @@ LABEL_FRAMING_TOKENS = 64
 
 
 def _labeler_step(lab, mesh, ctx_tokens: int, tail_tokens: int, g: int, n_query: int):
-  """(lowered, inputs, jaxpr) of the labeler engine's own jitted `_cached` scoring
+  """(lowered, inputs, jaxpr) of the labeler engine's own jitted `cached_scores` scoring
   program: `labeler.batch_size` rows after the shared prefix's cache, contexts
   of `ctx_tokens` and `g` tails of `tail_tokens` per row (bucketed as the engine
   buckets them), `n_query` query tokens."""
@@ -200,9 +200,9 @@ def _labeler_step(lab, mesh, ctx_tokens: int, tail_tokens: int, g: int, n_query:
   params = nnx.to_pure_dict(state)
   dp = data_parallel_size(mesh)
   b = -(-lab.batch_size // dp) * dp
-  lp = engine._round(LABEL_PREFIX_TOKENS, lab.bucket)
-  c = engine._round(ctx_tokens, lab.bucket)
-  t = engine._round(tail_tokens, lab.bucket) if g else 1
+  lp = engine.bucketed(LABEL_PREFIX_TOKENS, lab.bucket)
+  c = engine.bucketed(ctx_tokens, lab.bucket)
+  t = engine.bucketed(tail_tokens, lab.bucket) if g else 1
   prefix = _sds(jax.eval_shape(lambda: init_cache(cfg, 1, lp)),
                 cache_shardings(cfg, mesh, 1, lp, batch_axis=None))
   rows = lambda n, w, dt: jax.ShapeDtypeStruct((n, w), dt, sharding=batch_sharding(mesh, 2))
@@ -212,12 +212,12 @@ def _labeler_step(lab, mesh, ctx_tokens: int, tail_tokens: int, g: int, n_query:
   # static arguments: graphdef, g (and, where the engine has it, want_logp=False:
   # the options' / scores' log-probs only, not every tail token's)
   static = (graphdef, g)
-  if "want_logp" in inspect.signature(engine._cached.__wrapped__).parameters:
+  if "want_logp" in inspect.signature(engine.cached_scores.__wrapped__).parameters:
     static += (False,)
   with jax.set_mesh(mesh):
-    jaxpr = jax.make_jaxpr(engine._cached.__wrapped__,
+    jaxpr = jax.make_jaxpr(engine.cached_scores.__wrapped__,
                            static_argnums=tuple(range(len(static))))(*static, *args)
-    low = engine._cached.lower(*static, *args)
+    low = engine.cached_scores.lower(*static, *args)
   return low, (params, prefix) + args[3:], jaxpr
 
 
@@ -242,8 +242,8 @@ def _copy(tree):
 
 def rl_programs(config, mesh) -> tuple[dict, list]:
   """The RL iteration's programs – rollout (prefill + decode loop, the sampler's
-  own `_generate`), the scoring pass (policy, value, reference: rl._score), the
-  reward (the RM's `_rm_scores`, or the direct labeler's scoring step) and the
+  own `generate_program`), the scoring pass (policy, value, reference: rl.score_rollout), the
+  reward (the RM's `rm_scores`, or the direct labeler's scoring step) and the
   train step (the learner's Trainer) – and what stays resident between them."""
   from rlaif_jax import sampling
   from rlaif_jax.learners import rl, rl_rewards
@@ -288,15 +288,15 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
   gen_args = (params["policy"], cache, rows(p, jnp.int32), rows(p, bool), key)
   with jax.set_mesh(mesh):
     out["rl_rollout"] = (
-        sampling._generate_jit.lower(*gen_static, *gen_args), gen_args,
-        jax.make_jaxpr(sampling._generate, static_argnums=tuple(range(5)))(*gen_static, *gen_args),
+        sampling.generate_program.lower(*gen_static, *gen_args), gen_args,
+        jax.make_jaxpr(sampling.generate_program.__wrapped__, static_argnums=tuple(range(5)))(*gen_static, *gen_args),
         n_new - 1)
     # scoring pass: log π, V, entropy and log π_ref over prompt + response
     seq = (rows(p + n_new, jnp.int32), rows(p + n_new, bool))
     score_static = (trainer.graphdef, ref_graphdef, n_new, float(r.temperature))
-    out["rl_score"] = (rl._score.lower(*score_static, params, reference, *seq),
+    out["rl_score"] = (rl.score_rollout.lower(*score_static, params, reference, *seq),
                        (params, reference) + seq,
-                       jax.make_jaxpr(rl._score.__wrapped__, static_argnums=(0, 1, 2, 3))(
+                       jax.make_jaxpr(rl.score_rollout.__wrapped__, static_argnums=(0, 1, 2, 3))(
                            *score_static, params, reference, *seq))
   residents = [trainer.state, reference]
   if r.reward == "model":
@@ -305,8 +305,8 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
     residents.append(rm_params)
     with jax.set_mesh(mesh):
       out["rl_reward_model"] = (
-          rl_rewards._rm_scores.lower(rm_graphdef, rm_params, *seq), (rm_params,) + seq,
-          jax.make_jaxpr(rl_rewards._rm_scores.__wrapped__, static_argnums=0)(
+          rl_rewards.rm_scores.lower(rm_graphdef, rm_params, *seq), (rm_params,) + seq,
+          jax.make_jaxpr(rl_rewards.rm_scores.__wrapped__, static_argnums=0)(
               rm_graphdef, rm_params, *seq))
   elif r.reward == "labeler":
     # direct RLAIF: the labeler reads post + response, scores its 1-10 options

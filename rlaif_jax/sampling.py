@@ -181,7 +181,7 @@ def encode_continuation(tokenizer, text: str, anchor: str = "\n") -> list[int]:
 
 
 # Module level: samplers over same-shaped models share compiled programs.
-_generate_jit = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
+generate_program = jax.jit(_generate, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(6,))
 
 
 def put_rows(x: np.ndarray, mesh) -> jax.Array:
@@ -234,7 +234,7 @@ class Sampler:
     with jax.set_mesh(self.mesh):
       cache = self._cache(b, p + cfg.max_new_tokens - 1)
       key = jax.device_put(jax.random.key(seed), NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
-      (out, logp, length, ended), cache = _generate_jit(
+      (out, logp, length, ended), cache = generate_program(
           self.graphdef, cfg, stop_ids, self.eos_id, self.pad_id,
           self.params if params is None else params, cache,
           put_rows(tokens, self.mesh), put_rows(mask, self.mesh), key)

@@ -33,7 +33,7 @@ def temporaries(eng, tail_len: int, want_logp: bool) -> int:
   ctx = np.ones((B, CTX), np.int32)
   tail = np.ones((B * G, tail_len), np.int32)
   with jax.set_mesh(eng.mesh):
-    compiled = E._cached.lower(eng.graphdef, G, want_logp, eng.params, kv, len(ids), ctx,
+    compiled = E.cached_scores.lower(eng.graphdef, G, want_logp, eng.params, kv, len(ids), ctx,
                                ctx > 0, tail, tail > 0, np.arange(3, dtype=np.int32)).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 

@@ -301,7 +301,7 @@ def test_epochs_use_every_row_once_with_the_rollouts_old_values(mesh, tmp_path):
         np.testing.assert_array_equal(b[k], ro[k][idx], err_msg=k)
   assert orders[0] != orders[1]
   with jax.set_mesh(mesh):
-    logp, values, _, _ = rl._score(lrn.trainer.graphdef, lrn.ref_graphdef, lrn.n_new, 0.8,
+    logp, values, _, _ = rl.score_rollout(lrn.trainer.graphdef, lrn.ref_graphdef, lrn.n_new, 0.8,
                                    lrn.trainer.state["params"], lrn.ref_params,
                                    ro["tokens"], ro["mask"])
   m = ro["response_mask"]

@@ -43,7 +43,9 @@ from rlaif_jax.models.transformer import (CACHE_AXES, cache_shardings, map_cache
 from rlaif_jax.sampling import put_rows
 
 
-def _round(n: int, bucket: int) -> int:
+def bucketed(n: int, bucket: int) -> int:
+  """`n` tokens rounded up to a multiple of `bucket` (at least one bucket): the
+  few shapes every batch compiles to."""
   return max(bucket, -(-n // bucket) * bucket)
 
 
@@ -51,7 +53,7 @@ def _gather(logp, ids):
   return jnp.take_along_axis(logp, ids, axis=-1)
 
 
-def _cached(graphdef, g, want_logp, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_mask,
+def cached_scores(graphdef, g, want_logp, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_mask,
             query):
   """prefix: KV of the prefix in `lp` slots (a bucket), of which the first
   `prefix_len` are real; later slots are invalid and only keep shapes few."""
@@ -134,7 +136,7 @@ def _prefill(graphdef, params, ids, mask):
 
 
 # Module-level jits: engines over same-shaped models share compiled programs.
-_cached = jax.jit(_cached, static_argnums=(0, 1, 2))
+cached_scores = jax.jit(cached_scores, static_argnums=(0, 1, 2))
 _uncached = jax.jit(_uncached, static_argnums=(0, 1, 2, 3))
 _prefill = jax.jit(_prefill, static_argnums=(0,))
 
@@ -159,7 +161,7 @@ class ScoringEngine:
     kv = None
     if self.prefix_cache:
       with jax.set_mesh(self.mesh):
-        width = _round(len(ids), self.bucket)
+        width = bucketed(len(ids), self.bucket)
         padded = np.full((1, width), self.pad_id, np.int32)
         padded[0, :len(ids)] = ids
         kv = _prefill(self.graphdef, self.params, padded, np.arange(width)[None] < len(ids))
@@ -205,19 +207,19 @@ class ScoringEngine:
     tails = tails + [[[self.pad_id]] * g] * (b - n) if g else []
     q = jnp.asarray(query, jnp.int32)
     if self.prefix_cache:
-      c = _round(max(len(x) for x in ctx), self.bucket)
+      c = bucketed(max(len(x) for x in ctx), self.bucket)
       ctx_tok = np.full((b, c), self.pad_id, np.int32)
       ctx_mask = np.zeros((b, c), bool)
       for i, x in enumerate(ctx):
         ctx_tok[i, c - len(x):], ctx_mask[i, c - len(x):] = x, True
       flat = [t for row in tails for t in row] if g else [[self.pad_id]] * b  # g=0: unused
-      t = _round(max(map(len, flat)), self.bucket) if g else 1
+      t = bucketed(max(map(len, flat)), self.bucket) if g else 1
       tail_tok = np.full((len(flat), t), self.pad_id, np.int32)
       tail_mask = np.zeros(tail_tok.shape, bool)
       for i, x in enumerate(flat if g else []):
         tail_tok[i, :len(x)], tail_mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
-        res = _cached(self.graphdef, g, want_logp, self.params, kv, len(prefix_ids),
+        res = cached_scores(self.graphdef, g, want_logp, self.params, kv, len(prefix_ids),
                       put_rows(ctx_tok, self.mesh),
                       put_rows(ctx_mask, self.mesh), put_rows(tail_tok, self.mesh),
                       put_rows(tail_mask, self.mesh), q)
@@ -228,13 +230,13 @@ class ScoringEngine:
         for tl in (tails[r] if g else [[]]):
           seqs.append(head + tl)
           ends.append(len(head) - 1)
-      width = _round(max(map(len, seqs)), self.bucket)
+      width = bucketed(max(map(len, seqs)), self.bucket)
       tok = np.full((len(seqs), width), self.pad_id, np.int32)
       mask = np.zeros(tok.shape, bool)
       for i, x in enumerate(seqs):
         tok[i, :len(x)], mask[i, :len(x)] = x, True
       with jax.set_mesh(self.mesh):
-        tail_width = _round(max(len(x) for row in tails for x in row), self.bucket) if g else 1
+        tail_width = bucketed(max(len(x) for row in tails for x in row), self.bucket) if g else 1
         res = _uncached(self.graphdef, g, tail_width, want_logp, self.params,
                         put_rows(tok, self.mesh),
                         put_rows(mask, self.mesh), put_rows(np.asarray(ends, np.int32), self.mesh),

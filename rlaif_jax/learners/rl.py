@@ -196,7 +196,7 @@ def make_loss_fn(r, n_new: int):
 # ------------------------------------------------------------------ rollout
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _score(graphdef, ref_graphdef, n_new, temperature, params, ref_params, tokens, mask):
+def score_rollout(graphdef, ref_graphdef, n_new, temperature, params, ref_params, tokens, mask):
   """The rollout's log π_T, V, entropy of π_T and log π_ref,T (both at temperature T)."""
   logp, values, entropy = response_outputs(nnx.merge(graphdef, params), tokens, mask, n_new,
                                            temperature)
@@ -330,7 +330,7 @@ class RLLearner:
     responses = self.sampler.decode(out)
     with jax.set_mesh(self.mesh):
       g_tokens, g_mask = global_batch((own_rows(tokens), own_rows(mask)), self.mesh)
-      logp, values, entropy, ref_logp = _score(self.trainer.graphdef, self.ref_graphdef,
+      logp, values, entropy, ref_logp = score_rollout(self.trainer.graphdef, self.ref_graphdef,
                                                self.n_new, float(self.r.temperature), params,
                                                self.ref_params, g_tokens, g_mask)
     raw = self.reward(list(prompts["prompt"]), responses, g_tokens, g_mask)

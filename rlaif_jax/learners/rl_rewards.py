@@ -36,11 +36,11 @@ class ModelReward:
 
   def __call__(self, prompts, responses, tokens, mask) -> np.ndarray:
     with jax.set_mesh(self.mesh):
-      return np.asarray(to_host(_rm_scores(self.graphdef, self.params, tokens, mask)), np.float32)
+      return np.asarray(to_host(rm_scores(self.graphdef, self.params, tokens, mask)), np.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _rm_scores(graphdef, params, tokens, mask):
+def rm_scores(graphdef, params, tokens, mask):
   return nnx.merge(graphdef, params)(tokens, mask)
 
 
