@@ -158,9 +158,9 @@ def train_programs(config, mesh) -> dict:
   cfg = _model_cfg(config, config.model)
   b = config.train.batch_size
   if config.stage == "sft":
-    from rlaif_jax.learners.sft import sft_loss
+    from rlaif_jax.learners import sft
     model = abstract_model(lambda r: Transformer(cfg, r), mesh)
-    trainer = Trainer(config, None, mesh, model, sft_loss, name="sft")
+    trainer = Trainer(config, None, mesh, model, sft.loss_fn(config), name="sft")
     return {"sft_train_step": _step(trainer, batch_spec(config, "sft", b, mesh))}
   if config.stage == "rm":
     from rlaif_jax.learners.reward import rm_loss

@@ -254,3 +254,35 @@ def test_an_evaluation_without_the_ranked_metric_warns_only_under_select_best(
   warnings = [r for r in caplog.records if "no finite eval/loss_labels" in r.getMessage()]
   assert bool(warnings) is warned, [r.getMessage() for r in caplog.records]
   assert "best_step" not in result
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 11, 64])
+def test_chunked_logits_give_the_same_loss_and_gradients(chunk, mesh):
+  """model.logits_chunk: the LM head and cross-entropy over `chunk` positions at
+  a time (11 predicting positions: 4 and 5 leave a padded last piece, 11 and 64
+  are one piece) equal the whole (B, T-1, V) computation and the numpy
+  reference, and so do the gradients (float32), padding rows included."""
+  model = init_sharded(lambda r: Transformer(CFG, r), mesh)
+  batch = make_batch(seed=5)
+  graphdef, params = nnx.split(model)
+  grad = lambda c: jax.jit(jax.value_and_grad(
+      lambda p: sft_loss(nnx.merge(graphdef, p), batch, chunk=c)[0]))(params)
+  with jax.set_mesh(mesh):
+    (whole, g0), (chunked, g1) = grad(0), grad(chunk)
+    logits, _ = nnx.jit(lambda m, t, k: m(t, k))(model, batch["tokens"], batch["mask"])
+  np.testing.assert_allclose(float(chunked), reference_nll(np.asarray(logits, np.float64), batch),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(chunked), float(whole), rtol=1e-6)
+  for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(g0),
+                               jax.tree_util.tree_leaves_with_path(g1)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5,
+                               err_msg=str(path))
+
+
+def test_negative_logits_chunk_is_refused(mesh):
+  from rlaif_jax.learners import sft
+  c = train_config(1)
+  c.model.logits_chunk = -1
+  from rlaif_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="model.logits_chunk=-1"):
+    sft.validate(c, mesh)

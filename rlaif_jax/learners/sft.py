@@ -11,10 +11,14 @@ import logging
 import math
 import os
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlaif_jax.errors import ConfigError
 from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
 from rlaif_jax.learners.trainer import Trainer, selection
 from rlaif_jax.models import store
@@ -42,16 +46,49 @@ def response_nll(logits, batch):
   return nll, weights
 
 
-def token_nll(model, batch):
-  return response_nll(next_token_logits(model, batch["tokens"], batch["mask"]), batch)
+def chunked_nll(model, h, targets, chunk: int):
+  """−log softmax(model.logits(h))[targets] (B, N), `chunk` positions at a time.
+
+  The same per-token values as computing all (B, N, V) logits at once, but only
+  a (B, chunk, V) slice of them – and of their gradient, recomputed in the
+  backward pass (jax.checkpoint) – ever exists. With a 256k vocabulary that
+  slice is what decides a step's memory and the TPU compiler's time (see the
+  README's paper-scale table). chunk <= 0 or >= N: one piece.
+  """
+  B, N, d = h.shape
+  if chunk <= 0 or chunk >= N:
+    return optax.softmax_cross_entropy_with_integer_labels(model.logits(h), targets)
+  pad = -N % chunk
+  hs = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, -1, chunk, d).swapaxes(0, 1)
+  ts = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, -1, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def piece(x):
+    return optax.softmax_cross_entropy_with_integer_labels(model.logits(x[0]), x[1])
+  return jax.lax.map(piece, (hs, ts)).swapaxes(0, 1).reshape(B, -1)[:, :N]
 
 
-def sft_loss(model, batch, rng=None):
+def token_nll(model, batch, chunk: int = 0):
+  """Per-position NLL of the next token (B, T-1) and its response-only weights."""
+  if chunk <= 0:
+    return response_nll(next_token_logits(model, batch["tokens"], batch["mask"]), batch)
+  h, _ = model.hidden(batch["tokens"], batch["mask"])
+  nll = chunked_nll(model, h[:, :-1], batch["tokens"][:, 1:], chunk)
+  return nll, (batch["response_mask"][:, 1:] & batch["mask"][:, 1:]).astype(jnp.float32)
+
+
+def sft_loss(model, batch, rng=None, chunk: int = 0):
   """Mean NLL over the batch's response tokens; aux["weight"] = their count
-  (the Trainer's gradient accumulation sums numerators and token counts)."""
-  nll, w = token_nll(model, batch)
+  (the Trainer's gradient accumulation sums numerators and token counts).
+  `chunk`: model.logits_chunk (chunked_nll)."""
+  nll, w = token_nll(model, batch, chunk)
   n = jnp.sum(w)
   return jnp.sum(jnp.where(w > 0, nll, 0.0)) / jnp.maximum(n, 1.0), {"weight": n}
+
+
+def loss_fn(config):
+  """The stage's loss: sft_loss with the model section's logits_chunk."""
+  return functools.partial(sft_loss, chunk=config.model.logits_chunk)
 
 
 def eval_metrics(model, batch) -> dict:
@@ -72,6 +109,9 @@ def validate(config, mesh) -> None:
   """SFT's checks before anything is built (`mesh` may be abstract: shapes only)."""
   del mesh   # nothing here depends on the device layout
   check_model(config.model)
+  if config.model.logits_chunk < 0:
+    raise ConfigError(f"model.logits_chunk={config.model.logits_chunk}: use 0 (all positions at "
+                      "once) or a number of positions")
   check_data(config, "sft")
   selection(config, EVAL_METRICS, "loss")
 
@@ -80,7 +120,7 @@ def run(config, workdir: str, mesh) -> dict:
   prepare_data(config, workdir)
   tok = load_tokenizer(config.model.tokenizer)
   model = build(config.model, mesh, "lm", tok, config.seed)
-  trainer = Trainer(config, workdir, mesh, model, sft_loss, name="sft")
+  trainer = Trainer(config, workdir, mesh, model, loss_fn(config), name="sft")
   held_out = eval_batches(config, tok, "sft", mesh)
   evaluate = (lambda: with_perplexity(trainer.evaluate(held_out, eval_metrics))) if held_out \
       else None
