@@ -289,7 +289,8 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
   with jax.set_mesh(mesh):
     out["rl_rollout"] = (
         sampling.generate_program.lower(*gen_static, *gen_args), gen_args,
-        jax.make_jaxpr(sampling.generate_program.__wrapped__, static_argnums=tuple(range(5)))(*gen_static, *gen_args),
+        jax.make_jaxpr(sampling.generate_program.__wrapped__,
+                       static_argnums=tuple(range(5)))(*gen_static, *gen_args),
         n_new - 1)
     # scoring pass: log π, V, entropy and log π_ref over prompt + response
     seq = (rows(p + n_new, jnp.int32), rows(p + n_new, bool))

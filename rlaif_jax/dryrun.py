@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from rlaif_jax import paths
+from rlaif_jax.learners.rl_algorithms import ALGORITHMS
 from rlaif_jax.learners.trainer import make_optimizer
 from rlaif_jax.mesh import MESH_AXES, logical_to_spec, resolve_mesh_shape
 from rlaif_jax.models.build import resolve
@@ -118,15 +119,14 @@ def estimate(config, n_devices: int) -> dict:
                               "kv_cache": 0}}
   b = out["bytes_per_device"]
   seq = config.data.max_prompt_len + config.data.max_response_len
-  rows_ = config.train.batch_size
+  batch_rows = config.train.batch_size
   models = [(role, kind, trainable, cfg, mesh) for role, kind, trainable in MODELS[stage]]
   if stage == "rl":
-    from rlaif_jax.learners.rl_algorithms import ALGORITHMS
     alg = ALGORITHMS[config.rl.algorithm]
-    rows_ *= alg.group_size(config.rl)           # k responses per prompt (grpo, rloo)
+    batch_rows *= alg.group_size(config.rl)      # k responses per prompt (grpo, rloo)
     if not alg.value_model or config.rl.shared_value_head:   # no value network (a head: d floats)
       models = [m for m in models if m[0] != "value"]
-  per_dev = max(rows_ // dp // max(config.train.grad_accum, 1), 1)
+  per_dev = max(batch_rows // dp // max(config.train.grad_accum, 1), 1)
   if direct:   # the labeler's direct scores replace the RM (its devices overlap the policy's)
     models = [m for m in models if m[0] != "reward_model"] + [
         ("labeler", "lm", False, lab_cfg, lab_mesh)]

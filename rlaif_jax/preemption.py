@@ -106,7 +106,7 @@ class Watcher:
     """Logs where the run stopped and how to resume, then raises Preempted."""
     # The launcher's per-process flags are not the user's command: leave them out.
     args = [a for a in sys.argv[1:] if not a.startswith(_LAUNCHER_FLAGS)]
-    cmd = shlex.join(["python", "-m", "rlaif_jax.main", *args])
+    cmd = shlex.join([sys.executable, "-m", "rlaif_jax.main", *args])
     where = f" on all {jax.process_count()} processes" if jax.process_count() > 1 else ""
     msg = (f"{self.name}: preempted after {unit} {step}, saved in {saved_in}; resume with the "
            f"same command and --workdir ({cmd}{where}); exit status {PREEMPTED_EXIT}")

@@ -233,11 +233,15 @@ class Run:
     return labeler_cfg(self.config, self.files, self.dir("labeler_pretrain"), task)
 
 
+def _write_world(config, d) -> dict:
+  """The world's files in `d` (existing ones kept: world_data.write is idempotent)."""
+  w = config.world
+  return world_data.write(d, seed=config.seed, n_sft=w.n_sft, n_prompts=w.n_prompts,
+                          n_eval=w.n_eval, n_labeler=w.n_labeler)
+
+
 def _world(r: Run, d):
-  w = r.config.world
-  r.files.update(world_data.write(d, seed=r.config.seed, n_sft=w.n_sft, n_prompts=w.n_prompts,
-                                  n_eval=w.n_eval, n_labeler=w.n_labeler))
-  return {"files": len(r.files)}
+  return {"files": len(_write_world(r.config, d))}
 
 
 def _labeler_pretrain(r: Run, d, arch=None):
@@ -362,11 +366,8 @@ def run(config, workdir: str, mesh) -> dict:
   arms = tuple(config.pipeline.arms)
   for name in stages_for(arms):
     r.summaries[name] = run_stage(workdir, name, lambda d, name=name: STAGES[name].fn(r, d))
-    if name == "world":      # a finished world stage: its file list, without rewriting it
-      w = config.world
-      r.files.update(world_data.write(r.dir("world"), seed=config.seed, n_sft=w.n_sft,
-                                      n_prompts=w.n_prompts, n_eval=w.n_eval,
-                                      n_labeler=w.n_labeler))
+    if name == "world":      # its file list, fresh or finished (existing files are kept)
+      r.files.update(_write_world(config, r.dir("world")))
 
   # The paper's labeler-size experiment (the `paper` variant): more labelers
   # pre-trained like the demo's; one shaped like the demo's is the demo's.

@@ -18,6 +18,8 @@ demo oracle has none, so for it this is an identity that costs nothing).
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 
@@ -47,16 +49,22 @@ class LabelerJudge:
 JUDGES = {"oracle": "rlaif_jax.demo.judge:OracleJudge"}
 
 
+def judge_spec(name: str) -> str:
+  """"labeler", or the "package.module:factory" an eval.judge names; ValueError
+  for a name that is neither (checked by the eval stage before anything runs)."""
+  spec = name if name == "labeler" else JUDGES.get(name, name)
+  if spec != "labeler" and ":" not in spec:
+    raise ValueError(f"eval.judge={name!r}: use labeler, oracle (the demo world's) or "
+                     "package.module:factory")
+  return spec
+
+
 def make_judge(name: str, labeler_config=None, seed: int = 0):
-  if name == "labeler":
+  spec = judge_spec(name)
+  if spec == "labeler":
     from rlaif_jax.labeler.config import build_labeler
     return LabelerJudge(build_labeler(labeler_config, seed=seed)[0])
-  spec = JUDGES.get(name, name)
   module, _, attr = spec.partition(":")
-  if not attr:
-    raise ValueError(f"eval.judge={name!r}: use labeler, oracle (demo world) or "
-                     "package.module:factory")
-  import importlib
   try:
     factory = getattr(importlib.import_module(module), attr)
   except (ImportError, AttributeError) as e:

@@ -59,9 +59,10 @@ def validate(config, mesh) -> None:
   """The eval stage's checks before any model or mesh exists."""
   del mesh   # nothing here depends on the device layout
   e = config.eval
-  if e.judge != "labeler" and e.judge not in judges.JUDGES and ":" not in e.judge:
-    raise ConfigError(f"eval.judge={e.judge!r}: use labeler, oracle (the demo world's) or "
-                      "package.module:factory")
+  try:
+    judges.judge_spec(e.judge)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
   if not e.prompts_path:
     raise ConfigError("eval.prompts_path is empty: a JSONL file of {\"prompt\"[, \"response\"]}")
   if not paths.exists(e.prompts_path):

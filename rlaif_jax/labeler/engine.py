@@ -53,8 +53,8 @@ def _gather(logp, ids):
   return jnp.take_along_axis(logp, ids, axis=-1)
 
 
-def cached_scores(graphdef, g, want_logp, params, prefix, prefix_len, ctx, ctx_mask, tail, tail_mask,
-            query):
+def cached_scores(graphdef, g, want_logp, params, prefix, prefix_len, ctx, ctx_mask, tail,
+                  tail_mask, query):
   """prefix: KV of the prefix in `lp` slots (a bucket), of which the first
   `prefix_len` are real; later slots are invalid and only keep shapes few."""
   model = nnx.merge(graphdef, params)
