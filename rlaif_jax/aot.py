@@ -14,7 +14,8 @@ the labeler's scoring program for labeling – then compiled. Per program:
                    total = arguments + outputs − aliases + temporaries
   flops            `cost_analysis()["flops"]`, per device, of one call
   collectives      the optimised HLO's all-gather / reduce-scatter / all-reduce /
-                   collective-permute / all-to-all instructions, counted by kind
+                   collective-permute / all-to-all instructions, counted by kind,
+                   with the largest array each kind moves and its jax op
 
 The stage's peak per chip is the largest, over its programs (they run one at a
 time), of the program's total plus what stays resident on the chips without
@@ -30,11 +31,13 @@ step time, named by whichever term is larger.
 """
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import math
 import os
 import re
+import tempfile
 import time
 
 import jax
@@ -55,7 +58,10 @@ CHIPS = {
     "v5e": ("default", "v5litepod", 1, 197e12, 819e9),
 }
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
-_COLLECTIVE_RE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+# an instruction line: "%x = <result type> all-gather-start(...), ..., metadata={op_name=...}"
+_COLLECTIVE_RE = re.compile(r"=\s(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+_ARRAY_RE = re.compile(r"\b(pred|[suf](?:8|16|32|64)|bf16)\[([\d,]*)\]")
+_OP_NAME_RE = re.compile(r'op_name="([^"]*)"')
 
 
 def topology_devices(topology: str) -> list:
@@ -171,7 +177,8 @@ def train_programs(config, mesh) -> dict:
     from rlaif_jax.learners.dpo import make_loss_fn
     model = abstract_model(lambda r: Transformer(cfg, r), mesh)
     graphdef, params = nnx.split(model)
-    loss = make_loss_fn(graphdef, config.dpo.beta, config.dpo.label_smoothing)
+    loss = make_loss_fn(graphdef, config.dpo.beta, config.dpo.label_smoothing,
+                        config.model.logits_chunk)
     trainer = Trainer(config, None, mesh, model, loss, name="dpo",
                       frozen=nnx.to_pure_dict(params))     # the reference: the initial policy
     return {"dpo_train_step": _step(trainer, batch_spec(config, "pairs", b, mesh))}
@@ -370,11 +377,48 @@ def state_bytes(tree) -> int:
   return total
 
 
+def compile_with_hlo(lowered):
+  """(compiled, compile seconds, optimised HLO text). The text is the compiler's
+  own dump (xla_dump_to): `compiled.as_text()` re-parses the executable's HLO
+  proto, which libtpu 0.0.52 refuses for the Gemma-2B programs on v5p ("async-update
+  instruction should have 1 operands but sees 3") though they compile."""
+  with tempfile.TemporaryDirectory() as d:
+    t0 = time.perf_counter()
+    compiled = lowered.compile({"xla_dump_to": d, "xla_dump_hlo_as_text": True})
+    secs = time.perf_counter() - t0
+    dumps = sorted(glob.glob(os.path.join(d, "*.after_optimizations.txt")))
+    text = open(dumps[-1]).read() if dumps else compiled.as_text()
+  return compiled, secs, text
+
+
+def collectives(hlo: str) -> dict:
+  """{kind: {"count", "largest_bytes", "largest", "op"}}: each collective kind's
+  instructions in the optimised HLO, and the largest array one of them moves
+  (bytes per device, its type and the jax op it came from) – a whole weight
+  gathered where FSDP should gather it piece by piece shows here."""
+  out = {}
+  for line in hlo.splitlines():
+    m = _COLLECTIVE_RE.search(line)
+    if not m:
+      continue
+    arrays = [(math.prod(int(n) for n in dims.split(",") if n) * _BYTES[dt], f"{dt}[{dims}]")
+              for dt, dims in _ARRAY_RE.findall(m.group(1))]
+    size, shape = max(arrays, default=(0, "?"))
+    op = _OP_NAME_RE.search(line)
+    k = out.setdefault(m.group(2), {"count": 0, "largest_bytes": -1})
+    k["count"] += 1
+    if size > k["largest_bytes"]:
+      k.update(largest_bytes=size, largest=shape, op=op.group(1) if op else "")
+  return out
+
+
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+
+
 def analyse(lowered, flops: float) -> dict:
   """Compiles; `flops` per device (from `jaxpr_flops`) goes beside XLA's own count."""
-  t0 = time.perf_counter()
-  compiled = lowered.compile()
-  secs = time.perf_counter() - t0
+  compiled, secs, hlo = compile_with_hlo(lowered)
   ma = compiled.memory_analysis()
   mem = {"arguments": ma.argument_size_in_bytes, "outputs": ma.output_size_in_bytes,
          "aliases": ma.alias_size_in_bytes, "temporaries": ma.temp_size_in_bytes}
@@ -382,13 +426,10 @@ def analyse(lowered, flops: float) -> dict:
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, list):
     cost = cost[0] if cost else {}
-  counts = {k: 0 for k in COLLECTIVES}
-  for m in _COLLECTIVE_RE.finditer(compiled.as_text()):
-    counts[m.group(1)] += 1
   return {"compile_s": secs, "memory": mem, "flops": flops,
           "xla_flops": float(cost.get("flops", 0.0)),
           "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-          "collectives": {k: v for k, v in counts.items() if v}}
+          "collectives": collectives(hlo)}
 
 
 def _size(n: float) -> str:
@@ -461,8 +502,11 @@ def run(config) -> dict:
     print(f"    {r['flops'] / 1e12:.3g} TFLOP per device (matmuls, loops unrolled; XLA's "
           f"count {r['xla_flops'] / 1e12:.3g}), {_size(r['bytes_accessed'])} accessed; "
           f"roofline >= {bound * 1e3:.3g} ms ({which}-bound)")
-    print("    collectives: " + (", ".join(f"{k} x{v}" for k, v in r["collectives"].items())
-                                 or "none"))
+    print("    collectives: " + (", ".join(f"{k} x{v['count']}" for k, v in
+                                           r["collectives"].items()) or "none"))
+    for k, v in r["collectives"].items():
+      print(f"      largest {k}: {v['largest']} ({_size(v['largest_bytes'])}) from "
+            f"{v['op'][-90:] or '?'}")
   peak = max(r["peak"] for r in programs.values())
   est = dryrun.estimate(config, mesh.size)["total_bytes_per_device"]
   fits = None if budget is None else peak <= budget
@@ -477,7 +521,8 @@ def run(config) -> dict:
                               "flops": r["flops"], "xla_flops": r["xla_flops"],
                               "roofline_s": r["roofline_s"],
                               "roofline_bound": r["roofline_bound"],
-                              "collectives": r["collectives"]}
+                              "collectives": {k: v["count"] for k, v in
+                                              r["collectives"].items()}}
                           for n, r in programs.items()},
              "peak_gib_per_device": round(peak / GIB, 3),
              "formula_gib_per_device": round(est / GIB, 3), "fits": fits}

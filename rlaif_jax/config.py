@@ -39,8 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"      # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.scan_layers = False    # layers stacked and run by one lax.scan (compiles one layer)
   c.model.remat = "none"         # per-layer rematerialisation: none | full | dots
-  c.model.logits_chunk = 0       # SFT: LM head + cross-entropy over this many positions at a
-                                 # time (the (B, T, V) logits never whole); 0 = all at once
+  c.model.logits_chunk = 0       # SFT, DPO: LM head + cross-entropy over this many positions
+                                 # at a time (the (B, T, V) logits never whole); 0 = all at once
   c.model.arch = ml_collections.ConfigDict(
       {f.name: f.default for f in dataclasses.fields(ModelConfig)
        if f.name not in LAYOUT + ("rope_scaling", "dtype", "bos_token_id", "eos_token_id",
@@ -101,7 +101,7 @@ def paper_scale(c, variant: str) -> None:
   c.model.checkpoint = ""         # required: a local HF checkpoint directory
   c.model.dtype = "bfloat16"
   c.model.scan_layers = True      # one layer compiled, not 18 / 32 (--aot: 233 s -> see README)
-  c.model.logits_chunk = 128      # SFT: 128 positions of the 256k / 128k-vocab logits at a time
+  c.model.logits_chunk = 128      # SFT, DPO: 128 positions of the 256k / 128k-vocab logits at a time
   if variant == "tldr":
     c.model.preset = "gemma-2b"
     c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0, topology="v4:2x2x2")

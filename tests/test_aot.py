@@ -166,3 +166,29 @@ def test_rl_programs_follow_the_algorithm_table():
   assert out["ppo_shared"] == {"rollout_rows": 16, "train_rows": 4,
                                "nets": ["policy", "value_head"]}
   assert out["reinforce"] == {"rollout_rows": 16, "train_rows": 16, "nets": ["policy", "value"]}
+
+
+def test_collectives_are_counted_by_kind_with_the_largest_array_each_moves():
+  """The HLO reading behind the report, on lines written by hand: async -start
+  forms count once (their -done does not), a tuple result's largest array is the
+  one named, bytes follow the dtype, and the op's name comes from its metadata."""
+  from rlaif_jax import aot
+  hlo = "\n".join([
+      '  %ag = (bf16[32000,256]{1,0}, bf16[256000,2048]{1,0}) all-gather-start(bf16[32000,256]'
+      '{1,0} %p), dimensions={0}, metadata={op_name="jit(step)/embed"}',
+      '  %agd = bf16[256000,2048]{1,0} all-gather-done((bf16[32000,256]{1,0}, bf16[256000,2048]'
+      '{1,0}) %ag)',
+      '  %ar = f32[256,16]{1,0} all-reduce(f32[256,16]{1,0} %g), to_apply=%add, '
+      'metadata={op_name="jit(step)/transpose(jvp())/dot_general"}',
+      '  %ar2 = (f32[]{:T(128)}, s32[7]{0}) all-reduce(f32[] %l, s32[7] %n), to_apply=%add',
+      '  %cp = u8[3,5]{1,0} collective-permute(u8[3,5]{1,0} %x), source_target_pairs={{0,1}}',
+      '  %add.1 = f32[4]{0} add(f32[4]{0} %a, f32[4]{0} %b)',
+  ])
+  got = aot.collectives(hlo)
+  assert set(got) == {"all-gather", "all-reduce", "collective-permute"}
+  ag, ar, cp = got["all-gather"], got["all-reduce"], got["collective-permute"]
+  assert ag["count"] == 1 and ag["largest"] == "bf16[256000,2048]"
+  assert ag["largest_bytes"] == 256000 * 2048 * 2 and ag["op"] == "jit(step)/embed"
+  assert ar["count"] == 2 and ar["largest_bytes"] == 256 * 16 * 4
+  assert ar["op"] == "jit(step)/transpose(jvp())/dot_general"
+  assert cp == {"count": 1, "largest_bytes": 15, "largest": "u8[3,5]", "op": ""}

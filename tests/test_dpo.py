@@ -95,7 +95,10 @@ def rows(batch, i, j):
   return {k: v[i:j] for k, v in batch.items()}
 
 
-def test_sequence_logprobs_are_response_sums(mesh):
+@pytest.mark.parametrize("chunk", [0, 3, 4])
+def test_sequence_logprobs_are_response_sums(chunk, mesh):
+  """Per-row sums of the response tokens' log-probs, padding ignored, with the
+  LM head whole or `chunk` positions at a time (model.logits_chunk)."""
   model = init_sharded(lambda r: Transformer(CFG, r), mesh, seed=1)
   batch = rows(synthetic_pairs(64, 5), 0, 8)
   # a different response length on one side, to see padding ignored
@@ -103,7 +106,7 @@ def test_sequence_logprobs_are_response_sums(mesh):
   batch["response_mask_b"][:, 10:] = False
   batch["tokens_b"][:, 10:] = 0
   with jax.set_mesh(mesh):
-    lp_a, lp_b = nnx.jit(dpo.pair_logprobs)(model, batch)
+    lp_a, lp_b = nnx.jit(lambda m, b: dpo.pair_logprobs(m, b, chunk))(model, batch)
     logits, _ = nnx.jit(lambda m, t, k: m(t, k))(model, batch["tokens_b"], batch["mask_b"])
   logits = np.asarray(logits, np.float64)
   logp = logits - logits.max(-1, keepdims=True)
@@ -116,6 +119,30 @@ def test_sequence_logprobs_are_response_sums(mesh):
     alone = nnx.jit(dpo.sequence_logprobs)(model, batch["tokens_a"], batch["mask_a"],
                                            batch["response_mask_a"])
   np.testing.assert_allclose(np.asarray(lp_a), np.asarray(alone), rtol=1e-5)
+
+
+def test_chunked_logits_give_the_same_dpo_loss_and_gradients(mesh):
+  """model.logits_chunk in DPO: loss, metrics and gradients (the reference
+  computed in the step from the frozen params, as in training) equal the whole
+  computation's."""
+  model = init_sharded(lambda r: Transformer(CFG, r), mesh, seed=3)
+  graphdef, params = nnx.split(model)
+  ref = nnx.to_pure_dict(nnx.split(init_sharded(lambda r: Transformer(CFG, r), mesh, seed=4))[1])
+  batch = rows(synthetic_pairs(64, 7, soft=0.8), 0, 8)
+
+  def run(chunk):
+    fn = dpo.make_loss_fn(graphdef, 0.5, 0.1, chunk)
+    return jax.jit(jax.value_and_grad(lambda p: fn(nnx.merge(graphdef, p), batch,
+                                                   ref_params=ref), has_aux=True))(params)
+  with jax.set_mesh(mesh):
+    (l0, m0), g0 = run(0)
+    (l1, m1), g1 = run(5)
+  assert float(l0) != pytest.approx(math.log(2), abs=1e-3)   # policy ≠ reference
+  np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+  for k in m0:
+    np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------ policy = reference

@@ -333,8 +333,11 @@ def test_kl_loss_term_value_and_gradient(estimator):
     fn = rl.make_loss_fn(_loss_config("ppo", mode, estimator), 5)
     losses[mode] = jax.jit(lambda p, b: fn(nnx.merge(graphdef, p), b))(params, batch)
   (l_r, _), (l_l, m_l) = losses["reward"], losses["loss"]
-  # the policy's log-probs at T = 0.7 from a full forward, in numpy
-  logits = np.asarray(model(batch["tokens"], batch["mask"])[0], np.float64)[:, 3:-1] / 0.7
+  # the policy's log-probs at T = 0.7 from the whole sequence's logits, in numpy
+  # (the learner's LM head sees only the response-predicting rows: an off-by-one
+  # there shows here)
+  h, _ = model.policy.hidden(batch["tokens"], batch["mask"])
+  logits = np.asarray(model.policy.logits(h), np.float64)[:, 3:-1] / 0.7
   lsm = logits - logits.max(-1, keepdims=True)
   lsm -= np.log(np.exp(lsm).sum(-1, keepdims=True))
   lp = np.take_along_axis(lsm, batch["tokens"][:, 4:, None], -1)[..., 0]

@@ -279,10 +279,12 @@ def test_chunked_logits_give_the_same_loss_and_gradients(chunk, mesh):
                                err_msg=str(path))
 
 
-def test_negative_logits_chunk_is_refused(mesh):
-  from rlaif_jax.learners import sft
-  c = train_config(1)
-  c.model.logits_chunk = -1
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_negative_logits_chunk_is_refused(stage, mesh):
+  import importlib
   from rlaif_jax.errors import ConfigError
+  from rlaif_jax.config import load_config_file
+  c = load_config_file(TOY.replace("sft.py", f"{stage}.py"))
+  c.model.logits_chunk = -1
   with pytest.raises(ConfigError, match="model.logits_chunk=-1"):
-    sft.validate(c, mesh)
+    importlib.import_module(f"rlaif_jax.learners.{stage}").validate(c, mesh)

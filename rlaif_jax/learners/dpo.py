@@ -39,7 +39,7 @@ from rlaif_jax.config import ConfigError
 from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
 from rlaif_jax.data.pipeline import make_iterator
 from rlaif_jax.data.sources import open_source
-from rlaif_jax.learners.sft import next_token_logits, response_nll
+from rlaif_jax.learners.sft import token_nll
 from rlaif_jax.learners.trainer import Trainer, selection
 from rlaif_jax.mesh import global_batch
 from rlaif_jax.models import store
@@ -64,17 +64,19 @@ def dpo_loss(pi_a, pi_b, ref_a, ref_b, p, beta: float, label_smoothing: float = 
   return -(q * jax.nn.log_sigmoid(z) + (1.0 - q) * jax.nn.log_sigmoid(-z))
 
 
-def sequence_logprobs(model, tokens, mask, response_mask):
-  """Σ over response tokens of log π(x_{t+1} | x_{≤t}), per row (B,), float32."""
-  nll, w = response_nll(next_token_logits(model, tokens, mask),
-                        {"tokens": tokens, "mask": mask, "response_mask": response_mask})
+def sequence_logprobs(model, tokens, mask, response_mask, chunk: int = 0):
+  """Σ over response tokens of log π(x_{t+1} | x_{≤t}), per row (B,), float32.
+  `chunk`: model.logits_chunk (sft.chunked_nll: the LM head over that many
+  positions at a time)."""
+  nll, w = token_nll(model, {"tokens": tokens, "mask": mask, "response_mask": response_mask},
+                     chunk)
   return -jnp.sum(nll * w, axis=-1)
 
 
-def pair_logprobs(model, batch):
+def pair_logprobs(model, batch, chunk: int = 0):
   """(log π(y_a), log π(y_b)), both responses in one forward pass."""
   cat = lambda k: jnp.concatenate([batch[f"{k}_a"], batch[f"{k}_b"]], 0)
-  lp = sequence_logprobs(model, cat("tokens"), cat("mask"), cat("response_mask"))
+  lp = sequence_logprobs(model, cat("tokens"), cat("mask"), cat("response_mask"), chunk)
   n = batch["tokens_a"].shape[0]
   return lp[:n], lp[n:]
 
@@ -104,16 +106,17 @@ def pair_stats(pi_a, pi_b, ref_a, ref_b, batch, beta: float, label_smoothing: fl
   }
 
 
-def make_loss_fn(graphdef, beta: float, label_smoothing: float = 0.0):
+def make_loss_fn(graphdef, beta: float, label_smoothing: float = 0.0, chunk: int = 0):
   """loss_fn(model, batch, rng, ref_params) for `Trainer`. The reference's
   log-probs come from the batch (`ref_logp_a/_b`, precomputed) or from
-  `ref_params` (the trainer's frozen argument), per micro-batch."""
+  `ref_params` (the trainer's frozen argument), per micro-batch. `chunk`:
+  model.logits_chunk."""
   def loss_fn(model, batch, rng=None, ref_params=None):
-    pi_a, pi_b = pair_logprobs(model, batch)
+    pi_a, pi_b = pair_logprobs(model, batch, chunk)
     if "ref_logp_a" in batch:
       ref_a, ref_b = batch["ref_logp_a"], batch["ref_logp_b"]
     elif ref_params is not None:
-      ref_a, ref_b = pair_logprobs(nnx.merge(graphdef, ref_params), batch)
+      ref_a, ref_b = pair_logprobs(nnx.merge(graphdef, ref_params), batch, chunk)
     else:
       raise ValueError("the batch has no ref_logp_a/_b and the reference was released")
     ref_a, ref_b = jax.lax.stop_gradient(ref_a), jax.lax.stop_gradient(ref_b)
@@ -127,10 +130,10 @@ def make_loss_fn(graphdef, beta: float, label_smoothing: float = 0.0):
 
 # ------------------------------------------------------------- the reference
 
-def reference_logprobs(graphdef, ref_params, batch):
+def reference_logprobs(graphdef, ref_params, batch, chunk: int = 0):
   """Reference (log π_ref(y_a), log π_ref(y_b)) under stop_gradient."""
   ref_params = jax.lax.stop_gradient(ref_params)
-  return pair_logprobs(nnx.merge(graphdef, ref_params), {k: batch[k] for k in PAIR_KEYS})
+  return pair_logprobs(nnx.merge(graphdef, ref_params), {k: batch[k] for k in PAIR_KEYS}, chunk)
 
 
 def make_trainer(config, workdir, mesh, model, reference_params=None, name="dpo") -> Trainer:
@@ -141,7 +144,8 @@ def make_trainer(config, workdir, mesh, model, reference_params=None, name="dpo"
     with jax.set_mesh(mesh):
       reference_params = copy_params(nnx.to_pure_dict(params))
   d = config.dpo
-  return Trainer(config, workdir, mesh, model, make_loss_fn(graphdef, d.beta, d.label_smoothing),
+  return Trainer(config, workdir, mesh, model,
+                 make_loss_fn(graphdef, d.beta, d.label_smoothing, config.model.logits_chunk),
                  name, frozen=reference_params)
 
 
@@ -155,12 +159,13 @@ def pair_key(batch: dict, i: int) -> bytes:
   return h.digest()
 
 
-def precompute_reference(batches, n_batches: int, graphdef, ref_params, mesh) -> dict:
+def precompute_reference(batches, n_batches: int, graphdef, ref_params, mesh,
+                         chunk: int = 0) -> dict:
   """{pair key: (log π_ref(y_a), log π_ref(y_b))} over `n_batches` local batches.
 
   Every process ends up with the whole cache (keys and values all-gathered)."""
   from jax.experimental import multihost_utils
-  fn = jax.jit(functools.partial(reference_logprobs, graphdef))
+  fn = jax.jit(functools.partial(reference_logprobs, graphdef, chunk=chunk))
   keys, values = [], []
   with jax.set_mesh(mesh):
     for _ in range(n_batches):
@@ -218,7 +223,8 @@ def reference_cache(config, tok, mesh, graphdef, ref_params) -> dict:
   per_host = usable // jax.process_count()
   local_batch = config.train.batch_size // jax.process_count()
   n_batches = -(-per_host // local_batch)
-  cache = precompute_reference(it, n_batches, graphdef, ref_params, mesh)
+  cache = precompute_reference(it, n_batches, graphdef, ref_params, mesh,
+                               config.model.logits_chunk)
   logging.info("dpo: reference log-probs precomputed for %d pairs (%d batches)",
                len(cache), n_batches)
   return cache
@@ -226,22 +232,22 @@ def reference_cache(config, tok, mesh, graphdef, ref_params) -> dict:
 
 # ------------------------------------------------------------------ eval
 
-def make_eval_metrics(beta: float, label_smoothing: float = 0.0):
+def make_eval_metrics(beta: float, label_smoothing: float = 0.0, chunk: int = 0):
   """metric_fn(model, batch) for `Trainer.evaluate` (make it once: it is a static
   argument of the jitted evaluation). Loss, implicit-reward accuracy (soft-label
   argmax and human labels), margin and chosen/rejected log-prob drift; the
   reference's log-probs come with the batch (`with_reference`)."""
   def eval_metrics(model, batch) -> dict:
-    pi_a, pi_b = pair_logprobs(model, batch)
+    pi_a, pi_b = pair_logprobs(model, batch, chunk)
     return pair_stats(pi_a, pi_b, batch["ref_logp_a"], batch["ref_logp_b"], batch, beta,
                       label_smoothing)
   return eval_metrics
 
 
-def with_reference(batches, graphdef, ref_params, mesh) -> list[dict]:
+def with_reference(batches, graphdef, ref_params, mesh, chunk: int = 0) -> list[dict]:
   """Held-out batches with the reference's log-probs attached (ref_logp_a/_b),
   computed once while the reference is still on device."""
-  fn = jax.jit(functools.partial(reference_logprobs, graphdef))
+  fn = jax.jit(functools.partial(reference_logprobs, graphdef, chunk=chunk))
   with jax.set_mesh(mesh):
     refs = [fn(ref_params, b) for b in batches]
   return [{**b, "ref_logp_a": a, "ref_logp_b": b_} for b, (a, b_) in zip(batches, refs)]
@@ -281,9 +287,10 @@ def run(config, workdir: str, mesh) -> dict:
   tok = load_tokenizer(config.model.tokenizer)
   model = build(config.model, mesh, "lm", tok, config.seed)    # the SFT policy (or scratch for toy)
   trainer = make_trainer(config, workdir, mesh, model)
+  chunk = config.model.logits_chunk
   held_out = with_reference(eval_batches(config, tok, "pairs", mesh), trainer.graphdef,
-                            trainer.frozen, mesh)
-  eval_metrics = make_eval_metrics(config.dpo.beta, config.dpo.label_smoothing)
+                            trainer.frozen, mesh, chunk)
+  eval_metrics = make_eval_metrics(config.dpo.beta, config.dpo.label_smoothing, chunk)
   data = data_iterator(config, tok, "pairs")
   if config.dpo.precompute_reference:
     data = WithReference(data, reference_cache(config, tok, mesh, trainer.graphdef,

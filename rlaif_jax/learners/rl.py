@@ -127,19 +127,27 @@ class ActorCritic(nnx.Module):
       self.value = nnx.data(None)
       self.value_head = nnx.Param(head, logical_axes=("embed",))
 
-  def __call__(self, tokens, mask):
-    """Policy logits (B, T, V) and values (B, T)."""
+  def __call__(self, tokens, mask, n_new: int):
+    """Policy logits (B, n_new, V) and values (B, n_new) at the positions
+    T−n_new−1 … T−2, the ones that predict the response's n_new tokens.
+
+    The trunk runs over the whole sequence; the LM head only over these rows:
+    the prompt's logits are never read, and at 1024 prompt + 128 response
+    tokens with a 256k vocabulary they would be 8/9 of the step's largest
+    array (and of its gradient)."""
     h, _ = self.policy.hidden(tokens, mask)
+    h = h[:, -n_new - 1:-1]
     if self.value is None and self.value_head is None:
       return self.policy.logits(h), jnp.zeros(h.shape[:2], jnp.float32)
     if self.value is None:
       return self.policy.logits(h), h.astype(jnp.float32) @ self.value_head[...]
-    return self.policy.logits(h), self.value.per_token(tokens, mask)
+    return self.policy.logits(h), self.value.per_token(tokens, mask)[:, -n_new - 1:-1]
 
 
 def token_logprobs(logits, tokens, n_new: int, temperature: float):
-  """log softmax(z / T) of each response token: position P−1+t predicts token t."""
-  logits = logits[:, -n_new - 1:-1].astype(jnp.float32) / temperature
+  """log softmax(z / T) of each response token; `logits` (B, n_new, V) are those
+  at positions P−1 … T−2 (position P−1+t predicts response token t)."""
+  logits = logits.astype(jnp.float32) / temperature
   lp = jax.nn.log_softmax(logits)
   return jnp.take_along_axis(lp, tokens[:, -n_new:, None], -1)[..., 0], logits
 
@@ -147,9 +155,9 @@ def token_logprobs(logits, tokens, n_new: int, temperature: float):
 def response_outputs(model: ActorCritic, tokens, mask, n_new: int, temperature: float):
   """log π_T(a_t|s_t), V(s_t) and the entropy of π_T(·|s_t) for the last n_new
   positions (the response), π_T the policy at temperature T."""
-  logits, values = model(tokens, mask)
+  logits, values = model(tokens, mask, n_new)
   logp, scaled = token_logprobs(logits, tokens, n_new, temperature)
-  return logp, values[:, -n_new - 1:-1], L.entropy_from_logits(scaled)
+  return logp, values, L.entropy_from_logits(scaled)
 
 
 def build_models(config, mesh, tok) -> ActorCritic:
@@ -200,8 +208,9 @@ def score_rollout(graphdef, ref_graphdef, n_new, temperature, params, ref_params
   """The rollout's log π_T, V, entropy of π_T and log π_ref,T (both at temperature T)."""
   logp, values, entropy = response_outputs(nnx.merge(graphdef, params), tokens, mask, n_new,
                                            temperature)
-  ref_logits, _ = nnx.merge(ref_graphdef, ref_params)(tokens, mask)
-  ref_logp, _ = token_logprobs(ref_logits, tokens, n_new, temperature)
+  ref = nnx.merge(ref_graphdef, ref_params)      # the initial policy (a Transformer)
+  h, _ = ref.hidden(tokens, mask)
+  ref_logp, _ = token_logprobs(ref.logits(h[:, -n_new - 1:-1]), tokens, n_new, temperature)
   return logp, values, entropy, ref_logp
 
 

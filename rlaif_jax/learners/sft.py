@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlaif_jax.errors import ConfigError
 from rlaif_jax.data.batches import check_data, data_iterator, eval_batches, prepare_data
 from rlaif_jax.learners.trainer import Trainer, selection
 from rlaif_jax.models import store
@@ -109,9 +108,6 @@ def validate(config, mesh) -> None:
   """SFT's checks before anything is built (`mesh` may be abstract: shapes only)."""
   del mesh   # nothing here depends on the device layout
   check_model(config.model)
-  if config.model.logits_chunk < 0:
-    raise ConfigError(f"model.logits_chunk={config.model.logits_chunk}: use 0 (all positions at "
-                      "once) or a number of positions")
   check_data(config, "sft")
   selection(config, EVAL_METRICS, "loss")
 

@@ -64,6 +64,9 @@ def check_model(model_cfg, key: str = "model") -> None:
     raise ConfigError(f"{key}.dtype={model_cfg.get('dtype')!r}: use float32 or bfloat16")
   if model_cfg.get("remat", "none") not in REMAT:
     raise ConfigError(f"{key}.remat={model_cfg.remat!r}: use one of {', '.join(REMAT)}")
+  if model_cfg.get("logits_chunk", 0) < 0:
+    raise ConfigError(f"{key}.logits_chunk={model_cfg.logits_chunk}: use 0 (all positions at "
+                      "once) or a number of positions")
 
 
 def resolve(model_cfg, tokenizer=None, dtype: str | None = None,
