@@ -35,6 +35,14 @@ def get_config(variant: str = "demo"):
     c.model.tokenizer = ""                 # required: the policies' tokenizer
     c.data.max_prompt_len = 1024
     c.data.max_response_len = 128
+    # what --dry_run / --aot size when no checkpoint is on this machine: the
+    # policies' Gemma-2B and a Gemma-7B judge, on the v4-16 the labeler uses
+    c.model.update(preset="gemma-2b", dtype="bfloat16", scan_layers=True)
+    c.eval.labeler.model.update(preset="gemma-7b", scan_layers=True)
+    c.eval.labeler.chat = "gemma"
+    c.eval.labeler.mesh.update(devices=8, data=1, fsdp=-1, tensor=1)   # 34 GiB replicated
+    c.hardware.update(name="TPU v4-16", chips=8, memory_gib_per_chip=32.0, topology="v4:2x2x2")
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
   else:
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
   return c

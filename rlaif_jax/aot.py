@@ -5,8 +5,11 @@ topology that is not attached ("deviceless" ahead-of-time compilation):
 `jax.experimental.topologies` describes the chips of e.g. `v4:2x2x2`, a mesh is
 laid over those device descriptions, every input is a ShapeDtypeStruct that
 carries its sharding (nothing is allocated), and the stage's programs are
-lowered by the code that runs them – `Trainer.lower_step` for SFT / RM / DPO,
-the labeler's scoring program for labeling – then compiled. Per program:
+lowered by the code that runs them – `Trainer.lower_step` for SFT / RM / DPO
+and RL's train step, the labeler's scoring program for labeling, direct RLAIF
+and the eval judge, the Sampler's `generate_program` for rollouts and eval
+generation, `rl.score_rollout` and `rl_rewards.rm_scores` – then compiled.
+Per program:
 
   compile_s        wall time of `.compile()` on this machine
   memory           `memory_analysis()` per device: arguments, outputs, aliases
@@ -247,6 +250,53 @@ def _copy(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _generate_step(cfg, graphdef, params, mesh, b: int, p: int, n_new: int, scfg):
+  """(lowered, inputs, jaxpr, decode trips) of the Sampler's own jitted
+  `generate_program` – prefill and the decode while-loop – for `b` rows of `p`
+  prompt tokens and `n_new` new ones, its KV cache sharded as the Sampler's."""
+  from rlaif_jax import sampling
+  from rlaif_jax.models.transformer import cache_shardings, init_cache
+  slots = p + n_new - 1
+  cache = _sds(jax.eval_shape(lambda: init_cache(cfg, b, slots)),
+               cache_shardings(cfg, mesh, b, slots))
+  rows = lambda dt: jax.ShapeDtypeStruct((b, p), dt, sharding=batch_sharding(mesh, 2))
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
+  static = (graphdef, scfg, (), 1, 0)
+  args = (params, cache, rows(jnp.int32), rows(bool), key)
+  with jax.set_mesh(mesh):
+    return (sampling.generate_program.lower(*static, *args), args,
+            jax.make_jaxpr(sampling.generate_program.__wrapped__,
+                           static_argnums=tuple(range(5)))(*static, *args),
+            n_new - 1)
+
+
+def eval_programs(config, mesh) -> tuple[dict, list]:
+  """The eval stage's programs: a policy's generation (`eval.batch_size` prompts,
+  the eval's temperature; every policy has the model section's shape) and, with
+  the labeler as judge, its two-order scoring step. The stage loads the judge
+  after the policies have answered, so nothing else is resident."""
+  from rlaif_jax import sampling
+  from rlaif_jax.mesh import data_parallel_size
+  from rlaif_jax.models.transformer import Transformer
+  e, d = config.eval, config.data
+  cfg = _model_cfg(config, config.model)
+  graphdef, state = nnx.split(abstract_model(lambda k: Transformer(cfg, k), mesh))
+  dp = data_parallel_size(mesh)
+  b = -(-e.batch_size // dp) * dp
+  n_new = e.max_new_tokens or d.max_response_len
+  scfg = sampling.SamplingConfig(max_new_tokens=n_new, temperature=e.temperature)
+  out = {"eval_generate": _generate_step(cfg, graphdef, nnx.to_pure_dict(state), mesh, b,
+                                         d.max_prompt_len, n_new, scfg)}
+  if e.judge == "labeler":
+    ctx = (e.labeler.max_context_tokens or d.max_prompt_len) + LABEL_FRAMING_TOKENS
+    # on its own (sub-)mesh, eval.labeler.mesh, as the stage builds it
+    lab_mesh = topology_mesh(config.hardware.topology, e.labeler.mesh)
+    low, inputs, jaxpr = _labeler_step(e.labeler, lab_mesh, ctx, n_new + LABEL_FRAMING_TOKENS,
+                                       g=2, n_query=2)
+    out["eval_judge_step"] = (low, inputs, jaxpr)
+  return out, []
+
+
 def rl_programs(config, mesh) -> tuple[dict, list]:
   """The RL iteration's programs – rollout (prefill + decode loop, the sampler's
   own `generate_program`), the scoring pass (policy, value, reference: rl.score_rollout), the
@@ -255,8 +305,7 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
   from rlaif_jax import sampling
   from rlaif_jax.learners import rl, rl_rewards
   from rlaif_jax.learners.trainer import Trainer
-  from rlaif_jax.models.transformer import (ScalarModel, Transformer, cache_shardings,
-                                            init_cache)
+  from rlaif_jax.models.transformer import ScalarModel, Transformer
   from rlaif_jax.learners.rl_algorithms import ALGORITHMS
   from rlaif_jax.mesh import logical_sharding
   r, d = config.rl, config.data
@@ -285,20 +334,11 @@ def rl_programs(config, mesh) -> tuple[dict, list]:
   rows = lambda w, dt: jax.ShapeDtypeStruct((b, w), dt, sharding=batch_sharding(mesh, 2))
   out = {}
   # rollout: the Sampler's program (prefill, then the decode while-loop)
-  scfg = sampling.SamplingConfig(max_new_tokens=n_new, temperature=r.temperature,
-                                 top_k=r.top_k, top_p=r.top_p)
-  slots = p + n_new - 1
-  cache = _sds(jax.eval_shape(lambda: init_cache(cfg, b, slots)),
-               cache_shardings(cfg, mesh, b, slots))
-  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
-  gen_static = (ref_graphdef, scfg, (), 1, 0)
-  gen_args = (params["policy"], cache, rows(p, jnp.int32), rows(p, bool), key)
+  out["rl_rollout"] = _generate_step(cfg, ref_graphdef, params["policy"], mesh, b, p, n_new,
+                                     sampling.SamplingConfig(
+                                         max_new_tokens=n_new, temperature=r.temperature,
+                                         top_k=r.top_k, top_p=r.top_p))
   with jax.set_mesh(mesh):
-    out["rl_rollout"] = (
-        sampling.generate_program.lower(*gen_static, *gen_args), gen_args,
-        jax.make_jaxpr(sampling.generate_program.__wrapped__,
-                       static_argnums=tuple(range(5)))(*gen_static, *gen_args),
-        n_new - 1)
     # scoring pass: log π, V, entropy and log π_ref over prompt + response
     seq = (rows(p + n_new, jnp.int32), rows(p + n_new, bool))
     score_static = (trainer.graphdef, ref_graphdef, n_new, float(r.temperature))
@@ -466,6 +506,8 @@ def run(config) -> dict:
     lowered = label_programs(config, mesh)
   elif config.stage == "rl":
     lowered, residents = rl_programs(config, mesh)
+  elif config.stage == "eval":
+    lowered, residents = eval_programs(config, mesh)
   else:
     lowered = train_programs(config, mesh)
   programs = {}

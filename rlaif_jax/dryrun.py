@@ -46,6 +46,7 @@ MODELS = {
     "rl": [("policy", "lm", True), ("value", "scalar", True), ("reference", "lm", False),
            ("reward_model", "scalar", False)],
     "label": [("labeler", "lm", False)],
+    "eval": [("policy", "lm", False)],   # one policy at a time, + the labeler when it judges
 }
 
 
@@ -97,7 +98,8 @@ def _mesh(mesh_cfg, n_devices: int) -> AbstractMesh:
 
 def _labeler(config, n_devices: int):
   """The labeler's architecture and (sub-)mesh: its first `labeler.mesh.devices`."""
-  lab = config.labeler if config.stage == "label" else config.rl.labeler
+  lab = {"label": config.get("labeler"), "eval": config.get("eval", {}).get("labeler")}.get(
+      config.stage) or config.rl.labeler
   mesh = _mesh(lab.mesh, lab.mesh.devices or n_devices)
   return model_config_for(lab.model), mesh, lab
 
@@ -107,7 +109,8 @@ def estimate(config, n_devices: int) -> dict:
   mesh = _mesh(config.mesh, n_devices)
   cfg = model_config_for(config.model)
   direct = stage == "rl" and config.rl.get("reward") == "labeler"
-  if stage == "label" or direct:
+  judge = stage == "eval" and config.eval.judge == "labeler"
+  if stage == "label" or direct or judge:
     lab_cfg, lab_mesh, lab = _labeler(config, n_devices)
   if stage == "label":
     cfg, mesh = lab_cfg, lab_mesh
@@ -130,6 +133,8 @@ def estimate(config, n_devices: int) -> dict:
   if direct:   # the labeler's direct scores replace the RM (its devices overlap the policy's)
     models = [m for m in models if m[0] != "reward_model"] + [
         ("labeler", "lm", False, lab_cfg, lab_mesh)]
+  if judge:
+    models.append(("judge", "lm", False, lab_cfg, lab_mesh))
   for role, kind, trainable, mcfg, mmesh in models:
     rows = _params(mcfg, kind, mmesh)
     elems = sum(r[3] for r in rows)
@@ -146,6 +151,10 @@ def estimate(config, n_devices: int) -> dict:
     lb = max(lab.batch_size // dp, 1) * 2          # both orders in one batch
     b["kv_cache"] = act_bytes * 2 * cfg.n_layers * lb * seq * cfg.n_kv_heads * cfg.head_dim
     b["activations"] = 4 * cfg.vocab_size * cfg.d_model     # the gathered embedding table
+  elif stage == "eval":                            # generation: the KV cache of a batch
+    rows = max(config.eval.batch_size // dp, 1)
+    b["kv_cache"] = act_bytes * 2 * cfg.n_layers * rows * seq * cfg.n_kv_heads * cfg.head_dim
+    b["activations"] = 4 * cfg.vocab_size * cfg.d_model
   else:
     layer = seq * tokens * cfg.d_model * (10 + 24 / t) + 5 * (cfg.n_heads / t) * seq**2 * tokens
     logits = 2 * 4 * seq * tokens * cfg.vocab_size / t if stage != "rm" else 0

@@ -192,3 +192,42 @@ def test_collectives_are_counted_by_kind_with_the_largest_array_each_moves():
   assert ar["count"] == 2 and ar["largest_bytes"] == 256 * 16 * 4
   assert ar["op"] == "jit(step)/transpose(jvp())/dot_general"
   assert cp == {"count": 1, "largest_bytes": 15, "largest": "u8[3,5]", "op": ""}
+
+
+EVAL_SCRIPT = r'''
+import json
+from rlaif_jax import aot
+from rlaif_jax.config import load_config_file
+c = load_config_file("configs/eval.py:tldr")
+small = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
+             vocab_size=256, max_seq_len=512)
+c.model.update(preset="")
+c.model.arch.update(small)
+c.eval.labeler.model.update(preset="")
+c.eval.labeler.model.arch.update(small, n_layers=3)
+c.eval.labeler.mesh.update(devices=2)        # the judge on a sub-mesh of 2 of the 4 chips
+c.eval.update(batch_size=12, max_new_tokens=24)
+c.data.update(max_prompt_len=100, max_response_len=24)
+c.hardware.update(topology="v5e:2x2", chips=4, memory_gib_per_chip=16.0)
+out = aot.run(c)
+lowered, _ = aot.eval_programs(c, aot.topology_mesh("v5e:2x2", c.mesh))
+gen = lowered["eval_generate"][1]
+judge = lowered["eval_judge_step"][1]
+out["gen_rows"] = list(gen[2].shape)
+out["judge_devices"] = len(judge[0]["embed"].sharding.mesh.devices.flat)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_eval_compiles_generation_and_the_labeler_judge():
+  """--aot on the eval stage: the policy's generation (eval.batch_size prompts,
+  rounded up to the data-parallel size, at the prompt budget) and the judge's
+  two-order scoring step on its own sub-mesh, with the report's JSON line."""
+  p = run_py(["-c", EVAL_SCRIPT], timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = json.loads(next(l for l in p.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  assert out["stage"] == "eval" and out["fits"] is True
+  assert set(out["programs"]) == {"eval_generate", "eval_judge_step"}
+  assert out["gen_rows"] == [12, 100]          # 12 prompts on data x fsdp = 4: no padding
+  assert out["judge_devices"] == 2
+  assert all(p["flops"] > 0 for p in out["programs"].values())
