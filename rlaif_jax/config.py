@@ -101,8 +101,9 @@ def paper_scale(c, variant: str) -> None:
   c.model.checkpoint = ""         # required: a local HF checkpoint directory
   c.model.dtype = "bfloat16"
   c.model.scan_layers = True      # one layer compiled, not 18 / 32 (--aot: 233 s -> see README)
-  c.model.remat = "none"          # --aot: every SFT / RM / DPO variant leaves >= 20% of HBM free
-                                  # without it (README's paper-scale table); RL sets dots
+  c.model.remat = "none"          # the cheapest setting that --aot finds leaves >= 20% of HBM
+                                  # free (README's paper-scale table); rm.py:tldr and rl.py:tldr_*
+                                  # need more
   c.model.logits_chunk = 128      # SFT, DPO: 128 positions of the 256k / 128k-vocab logits at a time
   if variant == "tldr":
     c.model.preset = "gemma-2b"
