@@ -91,7 +91,8 @@ from rlaif_jax.learners import rl_losses as L
 from rlaif_jax.learners.rl_algorithms import ALGORITHMS
 from rlaif_jax.learners.rl_rewards import make_reward, shape_scores
 from rlaif_jax.learners.trainer import Trainer, selection
-from rlaif_jax.mesh import data_parallel_size, global_batch, logical_sharding, to_host
+from rlaif_jax.mesh import (constrain, data_parallel_size, global_batch, logical_sharding,
+                            to_host)
 from rlaif_jax.models import store
 from rlaif_jax.models.build import build, check_model, checkpoint_format
 from rlaif_jax.models.sharding import copy_params
@@ -147,7 +148,10 @@ class ActorCritic(nnx.Module):
 def token_logprobs(logits, tokens, n_new: int, temperature: float):
   """log softmax(z / T) of each response token; `logits` (B, n_new, V) are those
   at positions P−1 … T−2 (position P−1+t predicts response token t)."""
-  logits = logits.astype(jnp.float32) / temperature
+  # rows split by batch for the softmax: left free, the partitioner splits them
+  # by the (FSDP-sharded) vocabulary and moves them all-to-all (3.9 GiB per chip
+  # in rl.py:tldr's scoring pass)
+  logits = constrain(logits.astype(jnp.float32) / temperature, ("batch", None, "vocab"))
   lp = jax.nn.log_softmax(logits)
   return jnp.take_along_axis(lp, tokens[:, -n_new:, None], -1)[..., 0], logits
 
