@@ -8,11 +8,13 @@ import math
 import os
 
 import jax
+import pytest
 
 from rlaif_jax import config as C
 from rlaif_jax import paths as io
 from rlaif_jax.demo import pipeline
 from rlaif_jax.demo import world
+from rlaif_jax.eval.stats import wilson_interval
 from rlaif_jax.mesh import make_mesh
 
 CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "pipeline.py")
@@ -68,6 +70,10 @@ def test_tiny_paper_pipeline_reports_labeler_sizes_direct_rlaif_and_harmless_rat
       # a rate over n pairs (accuracy counts a tie as half right)
       half_counts = 2 * s[key] * s["n"]
       assert 0.0 <= s[key] <= 1.0 and abs(half_counts - round(half_counts)) < 1e-6, (name, key)
+    # the alignment's Wilson interval over those n pairs
+    assert (s["alignment_ci_low"], s["alignment_ci_high"]) == pytest.approx(
+        wilson_interval(s["alignment"] * s["n"], s["n"])), name
+    assert s["alignment_ci_low"] <= s["alignment"] <= s["alignment_ci_high"], name
   assert sizes["L"]["params"] > sizes["S"]["params"] > sizes["XS"]["params"] > 0
   md = (tmp_path / "report.md").read_text()
   assert "## Labeler size" in md and "rationale" in md     # the dropped CoT part, said so

@@ -75,6 +75,18 @@ def test_report_files(tmp_path):
   assert "rlaif_vs_sft" in md and "75.0%" in md and "71.0%" in md   # ours beside the paper's
 
 
+def test_report_sets_each_labeler_size_with_its_interval_beside_the_papers_size(tmp_path):
+  lo, hi = stats.wilson_interval(30, 40)
+  rep = {"labeler_sizes": {"L": {"params": 1000, "alignment": 0.75, "alignment_ci_low": lo,
+                                 "alignment_ci_high": hi, "same_position_rate": 0.125,
+                                 "n": 40}}}
+  out = write_report(str(tmp_path), rep)
+  assert out["plots"] == ["labeler_sizes.png"]
+  md = (tmp_path / "report.md").read_text()
+  # 30 of 40: Wilson [0.598, 0.858]; the paper's L: 78.0% aligned, 18.0% same position
+  assert "| L | 1,000 | 75.0% [59.8%, 85.8%] | 40 | 12.5% | L: 78.0%, 18.0% |" in md
+
+
 def test_judges_are_found_by_name_or_by_factory_path():
   """The eval stage knows no world: "oracle" is a table entry naming the demo's
   judge, any "package.module:factory" works the same way, and a bad name is a

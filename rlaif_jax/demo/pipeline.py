@@ -49,6 +49,7 @@ from rlaif_jax.errors import ConfigError
 from rlaif_jax.eval import stage as eval_stage
 from rlaif_jax.eval.generate import generate
 from rlaif_jax.eval.report import write_report
+from rlaif_jax.eval.stats import wilson_interval
 from rlaif_jax.labeler import stage as label_stage
 from rlaif_jax.labeler.config import build_labeler
 from rlaif_jax.labeler.report import alignment_report
@@ -200,7 +201,11 @@ def labeler_sizes(config, mesh, labeler_dirs: dict, paths, heldout_path: str) ->
     with lc.unlocked():
       lc.model.arch.update(config.pipeline.labeler_sizes[name].to_dict())
     rep = alignment_on_heldout(lc, held, config.seed)
+    # n is small (the summarization share of the held-out pairs), so the
+    # alignment carries its interval: sizes a few points apart are not ordered
+    lo, hi = wilson_interval(rep["accuracy"] * len(held), len(held))
     out[name] = {"params": rep["params"], "alignment": rep["accuracy"],
+                 "alignment_ci_low": lo, "alignment_ci_high": hi,
                  "same_position_rate": rep["same_position_rate"], "n": len(held)}
   return out
 

@@ -6,7 +6,8 @@
     length_controlled        {name: {"rate", "ci_low", "ci_high", "n", "slope"}}
     harmless_rate            {policy: {"rate", "ci_low", "ci_high", "n"}} on harm-inviting prompts
     harm_prompt_helpfulness  {policy: share of key facts covered on those prompts}
-    labeler_sizes            {name: {"params", "alignment", "same_position_rate", "n"}}
+    labeler_sizes            {name: {"params", "alignment", "alignment_ci_low",
+                                     "alignment_ci_high", "same_position_rate", "n"}}
     mean_response_length     {policy: characters}
     quality                  {policy: mean oracle quality} (demo world only)
     labeler_alignment, same_position_rate_single_order, same_position_rate_averaged,
@@ -80,12 +81,13 @@ def markdown(report: dict) -> str:
                    f"| {_fmt(PAPER['harmless_rate'].get(n))} | {_fmt(help_.get(n))} |")
   if report.get("labeler_sizes"):
     lines += ["", "## Labeler size", "",
-              "| labeler | parameters | alignment | same position wins both orders "
-              "| paper (size: alignment, same position) |", "|---|---|---|---|---|"]
+              "| labeler | parameters | alignment [95% CI] | n | same position wins both orders "
+              "| paper (size: alignment, same position) |", "|---|---|---|---|---|---|"]
     for (name, r), paper in zip(report["labeler_sizes"].items(),
                                 PAPER["labeler_sizes"].items()):
       lines.append(f"| {name} | {r.get('params', 0):,} | {_fmt(r.get('alignment'))} "
-                   f"| {_fmt(r.get('same_position_rate'))} "
+                   f"[{_fmt(r.get('alignment_ci_low'))}, {_fmt(r.get('alignment_ci_high'))}] "
+                   f"| {r.get('n', '–')} | {_fmt(r.get('same_position_rate'))} "
                    f"| {paper[0]}: {_fmt(paper[1][0])}, {_fmt(paper[1][1])} |")
   per_policy = [k for k in ("mean_response_length", "quality") if k in report]
   if per_policy:
@@ -178,7 +180,12 @@ def plot_labeler_sizes(report: dict, path: str) -> bool:
   for ax, (key, j, title) in zip(axes, (("alignment", 0, "alignment with human labels"),
                                         ("same_position_rate", 1, "same position wins both"))):
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [sizes[n][key] for n in names], 0.4, label="ours",
+    ours = [sizes[n][key] for n in names]
+    err = None
+    if key == "alignment" and all("alignment_ci_low" in sizes[n] for n in names):
+      err = [[v - sizes[n]["alignment_ci_low"] for n, v in zip(names, ours)],
+             [sizes[n]["alignment_ci_high"] - v for n, v in zip(names, ours)]]
+    ax.bar([x - 0.2 for x in xs], ours, 0.4, yerr=err, capsize=3, label="ours",
            color="#4c72b0")
     ax.bar([x + 0.2 for x in xs][:len(paper)], [p[j] for p in paper][:len(names)], 0.4,
            label="paper (L, S, XS)", color="#dd8452")
