@@ -6,6 +6,7 @@ particular, apart from the model's structure (`transformer.py`).
   dense             any contraction of the model as one 2-D `matmul`
   full_attention    softmax(q·kᵀ/√D, masked) · v over a whole sequence
   decode_attention  the same for one query per row against the KV cache
+  embedding_lookup  table[tokens] with the table's vocabulary rows left sharded
 
 Measurements behind the XLA:CPU-specific choices are in the commit messages
 and `benchmarks/` (train_step.py, sampling.py).
@@ -17,6 +18,9 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
+
+from rlaif_jax.mesh import constrain, logical_to_spec
 
 NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
@@ -129,3 +133,52 @@ def decode_attention(q, k, v, allowed, dt):
   spec = "bks,bksd->bkd" if g == 1 else "bkgs,bksd->bkgd"
   out = jnp.einsum(spec, probs, v, preferred_element_type=f32)
   return out.reshape(b, 1, kvh, g, hd).astype(dt)
+
+
+def _axes(entry) -> tuple[str, ...]:
+  return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+
+
+def embedding_lookup(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
+  r"""table[tokens] in `dtype`, (B, T) -> (B, T, d), for a table whose vocabulary
+  rows are sharded over mesh axes R (the "vocab" rule) and tokens whose batch
+  rows are sharded over axes S (the "batch" rule).
+
+  Each device looks its tokens up in its own block of rows only (zeros for the
+  others) and the partial lookups are summed across R:
+
+      x[b, t] = Σ_{r ∈ R} [v_r ≤ tokens[b, t] < v_r + V/|R|] · table_r[tokens[b, t] − v_r]
+
+  Batch rows are first gathered over G = R ∩ S (the int tokens: bytes) and the
+  sum is a psum over R \ G and a psum-scatter over G back to the device's own
+  rows, so one activation-sized (B/|S \ G|, T, d) sum moves per lookup. Its
+  transpose, which autodiff derives, gathers the cotangent over G and
+  scatter-adds it into each device's own rows: the table's gradient is born
+  sharded. The partitioner, given `table[tokens]` on a sharded table, gathers
+  the whole table instead (bf16 0.98 GiB for Gemma-2B, on every chip) and
+  all-reduces the whole float32 gradient (1.95 GiB) per micro-batch.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  t_spec = None if mesh.empty else logical_to_spec(("vocab", None), mesh, table.shape)
+  rows = _axes(t_spec[0]) if t_spec is not None else ()
+  if not rows:               # no mesh, or a vocabulary no row split divides
+    return constrain(table, (None, None))[tokens].astype(dtype)
+  b_spec = logical_to_spec(("batch", None), mesh, tokens.shape)
+  gathered = tuple(a for a in _axes(b_spec[0]) if a in rows)
+  summed = tuple(a for a in rows if a not in gathered)
+  block = table.shape[0] // math.prod(mesh.shape[a] for a in rows)
+
+  def local(tab, tok):
+    if gathered:
+      tok = jax.lax.all_gather(tok, gathered, axis=0, tiled=True)
+    idx = tok - jax.lax.axis_index(rows) * block
+    hit = (idx >= 0) & (idx < block)
+    x = jnp.where(hit[..., None], tab[jnp.clip(idx, 0, block - 1)], 0).astype(dtype)
+    if summed:
+      x = jax.lax.psum(x, summed)
+    if gathered:
+      x = jax.lax.psum_scatter(x, gathered, scatter_dimension=0, tiled=True)
+    return x
+
+  return jax.shard_map(local, in_specs=(t_spec, b_spec),
+                       out_specs=P(b_spec[0], None, None))(table, tokens)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlaif_jax.mesh import constrain, logical_sharding
-from rlaif_jax.models.ops import decode_attention, dense, full_attention
+from rlaif_jax.models.ops import decode_attention, dense, embedding_lookup, full_attention
 from rlaif_jax.models.config import ModelConfig
 
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")   # logical axes of a cache's k / v
@@ -287,12 +287,7 @@ class Transformer(nnx.Module):
     """Final-normed hidden states (B, T, d) and the updated cache (or None)."""
     if positions is None:
       positions = positions_from_mask(mask)
-    # The lookup reads a whole table: one explicit all-gather per step (and a
-    # reduce-scatter of its gradient). Left to itself, SPMD cannot gather rows
-    # of a vocab/FSDP-sharded table into batch-sharded activations and falls
-    # back to the same replication, with warnings and extra copies.
-    table = constrain(self.embed[...], (None, None))
-    x = table[tokens].astype(self.compute_dtype)
+    x = embedding_lookup(self.embed[...], tokens, self.compute_dtype)
     if self.cfg.scale_embeddings:
       x = x * jnp.asarray(math.sqrt(self.cfg.d_model), self.compute_dtype)
     x = constrain(x, ("batch", "length", None))
