@@ -65,6 +65,8 @@ COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute
 _COLLECTIVE_RE = re.compile(r"=\s(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 _ARRAY_RE = re.compile(r"\b(pred|[suf](?:8|16|32|64)|bf16)\[([\d,]*)\]")
 _OP_NAME_RE = re.compile(r'op_name="([^"]*)"')
+_COMPUTATION_RE = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+_CALLS_RE = re.compile(r"calls=%([\w.\-]+)")
 
 
 def topology_devices(topology: str) -> list:
@@ -435,20 +437,37 @@ def collectives(hlo: str) -> dict:
   """{kind: {"count", "largest_bytes", "largest", "op"}}: each collective kind's
   instructions in the optimised HLO, and the largest array one of them moves
   (bytes per device, its type and the jax op it came from) – a whole weight
-  gathered where FSDP should gather it piece by piece shows here."""
-  out = {}
-  for line in hlo.splitlines():
+  gathered where FSDP should gather it piece by piece shows here.
+
+  The TPU compiler writes some reduce-scatters as an all-reduce inside a fusion
+  computation named all-reduce-scatter* (each chip keeps its shard of the sum);
+  those count as reduce-scatter, named by the op of the fusion that calls them."""
+  lines = hlo.splitlines()
+  caller_op = {}                       # fused computation -> op_name of its caller
+  for line in lines:
+    called, op = _CALLS_RE.search(line), _OP_NAME_RE.search(line)
+    if called and op:
+      caller_op.setdefault(called.group(1), op.group(1))
+  out, computation = {}, ""
+  for line in lines:
+    head = _COMPUTATION_RE.match(line)
+    if head:
+      computation = head.group(1)
+      continue
     m = _COLLECTIVE_RE.search(line)
     if not m:
       continue
     arrays = [(math.prod(int(n) for n in dims.split(",") if n) * _BYTES[dt], f"{dt}[{dims}]")
               for dt, dims in _ARRAY_RE.findall(m.group(1))]
     size, shape = max(arrays, default=(0, "?"))
-    op = _OP_NAME_RE.search(line)
-    k = out.setdefault(m.group(2), {"count": 0, "largest_bytes": -1})
+    named = _OP_NAME_RE.search(line)
+    op, kind = named.group(1) if named else "", m.group(2)
+    if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
+      kind, op = "reduce-scatter", op or caller_op.get(computation, "")
+    k = out.setdefault(kind, {"count": 0, "largest_bytes": -1})
     k["count"] += 1
     if size > k["largest_bytes"]:
-      k.update(largest_bytes=size, largest=shape, op=op.group(1) if op else "")
+      k.update(largest_bytes=size, largest=shape, op=op)
   return out
 
 

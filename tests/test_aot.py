@@ -194,6 +194,35 @@ def test_collectives_are_counted_by_kind_with_the_largest_array_each_moves():
   assert cp == {"count": 1, "largest_bytes": 15, "largest": "u8[3,5]", "op": ""}
 
 
+def test_an_all_reduce_fused_as_a_reduce_scatter_counts_as_one():
+  """The TPU compiler's all-reduce-scatter fusion (lines as libtpu dumps them):
+  its inner all-reduce is a reduce-scatter, named by the calling fusion's op;
+  an all-reduce in any other computation stays one."""
+  from rlaif_jax import aot
+  hlo = "\n".join([
+      "%all-reduce-scatter.14.clone.1 (input.30: f32[256000,2048]) -> f32[64064,2048] {",
+      "  %input.30 = f32[256000,2048]{1,0:T(8,128)} parameter(0)",
+      "  %all-reduce.241 = f32[256256,2048]{1,0:T(8,128)} all-reduce(%pad.249), channel_id=98,"
+      " replica_groups={{0,1,2,3}}, to_apply=%add.29.clone",
+      "}",
+      "",
+      "%region_0 (p: f32[8]) -> f32[8] {",
+      "  %all-reduce.7 = f32[8]{0} all-reduce(%p), to_apply=%add",
+      "}",
+      "",
+      "ENTRY %main.1 (x: f32[256000,2048]) -> f32[64064,2048] {",
+      "  %fusion.778 = f32[64064,2048]{1,0:T(8,128)} fusion(%c), kind=kCustom, "
+      "calls=%all-reduce-scatter.14.clone.1, metadata={op_name=\"jit(step)/transpose(jvp())"
+      "/dot_general\" stack_frame_id=23}",
+      "}",
+  ])
+  got = aot.collectives(hlo)
+  assert got["reduce-scatter"] == {"count": 1, "largest_bytes": 256256 * 2048 * 4,
+                                   "largest": "f32[256256,2048]",
+                                   "op": "jit(step)/transpose(jvp())/dot_general"}
+  assert got["all-reduce"]["count"] == 1 and got["all-reduce"]["largest"] == "f32[8]"
+
+
 EVAL_SCRIPT = r'''
 import json
 from rlaif_jax import aot
