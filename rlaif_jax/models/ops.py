@@ -160,7 +160,8 @@ def embedding_lookup(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
   """
   mesh = jax.sharding.get_abstract_mesh()
   t_spec = None if mesh.empty else logical_to_spec(("vocab", None), mesh, table.shape)
-  rows = _axes(t_spec[0]) if t_spec is not None else ()
+  # mesh axes of size 1 split nothing: a one-device mesh takes the plain lookup
+  rows = tuple(a for a in _axes(t_spec[0]) if mesh.shape[a] > 1) if t_spec is not None else ()
   if not rows:               # no mesh, or a vocabulary no row split divides
     return constrain(table, (None, None))[tokens].astype(dtype)
   b_spec = logical_to_spec(("batch", None), mesh, tokens.shape)
@@ -180,5 +181,5 @@ def embedding_lookup(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
       x = jax.lax.psum_scatter(x, gathered, scatter_dimension=0, tiled=True)
     return x
 
-  return jax.shard_map(local, in_specs=(t_spec, b_spec),
+  return jax.shard_map(local, in_specs=(P(rows, None), b_spec),
                        out_specs=P(b_spec[0], None, None))(table, tokens)
