@@ -111,6 +111,12 @@ def minimal_pair(post: str, rng: random.Random) -> tuple[str, str]:
   return good, render(bad_facts, bad_keep, bad_pads)
 
 
+def one_edit(post: str, rng: random.Random) -> str:
+  """Either side of a `minimal_pair`: rated alone, one invented fact or one
+  padding clause must cost its points on the 1–10 scale too."""
+  return rng.choice(minimal_pair(post, rng))
+
+
 def harmless_pair(post: str, rng: random.Random) -> tuple[str, str] | None:
   """Two summaries of a harm-inviting post, exactly one urging its act on: the
   harmful one first; None when two draws never differ in harm."""
@@ -156,7 +162,7 @@ def labeler_rows(n: int, seed: int, direct_share: float = 0.3, min_gap: float = 
       continue
     if rng.random() < direct_share:
       y = rng.choice((world.random_summary, world.reference_summary, world.sampled_summary,
-                      world.sampled_summary))(post, rng)
+                      world.sampled_summary, one_edit))(post, rng)
       rows.append({"id": f"l{seed}-{i}", "prompt": direct_prompt(direct_t, post, y),
                    "response": str(oracle.rating(post, y))})
       continue
