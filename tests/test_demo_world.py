@@ -193,6 +193,30 @@ def test_minimal_pairs_differ_by_one_edit_and_put_the_better_first():
     assert len(set(g) ^ set(b)) <= 9 and abs(len(g) - len(b)) <= 8, (good, bad)
 
 
+def test_score_rows_rate_one_edit_summaries_and_one_edit_costs_points():
+  """The 1-10 rows carry the minimal pairs' contrast: `one_edit` gives either side
+  of a minimal pair, the oracle's rating sees the edit (set 1000 times here by
+  hand: 938 lower, 62 equal, none higher), and every score row's answer is the
+  oracle's rating of its summary."""
+  rng, oracle = random.Random(5), world.Oracle()
+  lower = equal = 0
+  for _ in range(1000):
+    post, _ = world.make_post(rng)
+    state = rng.getstate()
+    good, bad = world_data.minimal_pair(post, rng)
+    rng.setstate(state)
+    assert world_data.one_edit(post, rng) in (good, bad)
+    rg, rb = oracle.rating(post, good), oracle.rating(post, bad)
+    assert rg >= rb, (post, good, bad)
+    lower, equal = lower + (rg > rb), equal + (rg == rb)
+  assert lower >= 900, (lower, equal)
+  for r in world_data.labeler_rows(300, 4):
+    if r["prompt"].endswith("SCORE: "):
+      text = r["prompt"].split("Text - ", 1)[1]
+      post, summary = text.split("\nSummary - ")
+      assert r["response"] == str(oracle.rating(post, summary.split("\nSCORE: ")[0]))
+
+
 def test_labeler_rows_answer_with_the_oracles_choice_in_both_positions():
   rows = world_data.labeler_rows(600, 4)
   pair = [r for r in rows if r["prompt"].endswith("Preferred Summary=")]
