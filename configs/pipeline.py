@@ -2,7 +2,7 @@
 
     python -m rlaif_jax.main --config=configs/pipeline.py:demo --workdir=/tmp/rlaif
 
-  demo  – the default: every stage of the paper at CPU scale (about 8 min on
+  demo  – the default: every stage of the paper at CPU scale (about 6 min on
           2 cores; the labeler's pre-training is 3 of them), report in
           <workdir>/report.md.
   tiny  – the same stages with a handful of steps each (the smoke test; its
@@ -10,8 +10,8 @@
   paper – the demo plus the paper's labeler-size experiment (§4.4, Table 4):
           two more labelers pre-trained like the demo's, one smaller and one
           bigger (XS, S = the demo's, L), each with its alignment and
-          same-position rate on the held-out human pairs (1152 s on 2
-          cores at seed 0). Greedy versus self-consistency labeling is not part of it:
+          same-position rate on the held-out human pairs (940–1183 s
+          on 2 cores). Greedy versus self-consistency labeling is not part of it:
           the world's labelers answer "1"/"2" and never learned to write a
           rationale, so there is nothing to sample.
 

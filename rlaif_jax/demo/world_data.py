@@ -18,8 +18,12 @@ invention far sooner than pairs that differ everywhere; two fifths are pairs of
 policy-like samples (`world.sampled_summary`: swapped facts, repeats, stray
 questions), the kind of text it will be asked about – without them the
 labeler learned cues (longer = more facts = better) that reverse on a
-sampled policy's pairs and agreed with the oracle on 44% of them. This is the
-only place the oracle reaches the labeler.
+sampled policy's pairs and agreed with the oracle on 44% of them. A fifth of
+the 1–10 rows rate one side of a minimal pair (`one_edit`): without them the
+score never saw what one padding clause or one invented fact costs, preferred
+padded summaries on some seeds, and direct RLAIF tied SFT there (50.3% at
+seed 2; 65.8% with them). This is the only place the oracle reaches the
+labeler.
 """
 from __future__ import annotations
 
