@@ -31,7 +31,7 @@ from jax.sharding import AbstractMesh, AxisType
 from rlaif_jax import paths
 from rlaif_jax.learners.rl_algorithms import ALGORITHMS
 from rlaif_jax.learners.trainer import make_optimizer
-from rlaif_jax.mesh import MESH_AXES, logical_to_spec, resolve_mesh_shape
+from rlaif_jax.mesh import MESH_AXES, logical_to_spec, resolve_mesh_shape, spec_axes
 from rlaif_jax.models.build import resolve
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.sharding import abstract_model
@@ -61,8 +61,7 @@ def model_config_for(mcfg, dtype: str | None = None) -> ModelConfig:
 def _shard_elems(shape, spec, mesh) -> int:
   n = 1
   for dim, ax in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes = () if ax is None else (ax,) if isinstance(ax, str) else ax
-    n *= dim // math.prod(mesh.shape[a] for a in axes)
+    n *= dim // math.prod(mesh.shape[a] for a in spec_axes(ax))
   return n
 
 

@@ -101,6 +101,12 @@ def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (or one rule's target): None, a
+  name or a tuple of names, as a tuple."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], mesh: Mesh | None = None,
                     shape: Sequence[int] | None = None, rules=RULES) -> P:
   """Maps logical axis names to a PartitionSpec through `rules`.
@@ -120,7 +126,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], mesh: Mesh | None = None
     if name not in table:
       raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
     target = table[name]
-    axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+    axes = spec_axes(target)
     kept = []
     size = 1
     for a in axes:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 
+from rlaif_jax import aot
 from rlaif_jax.mesh import MESH_AXES, logical_sharding, logical_to_spec
 from rlaif_jax.models.ops import embedding_lookup
 
@@ -99,15 +100,10 @@ def test_the_compiled_gradient_moves_no_table_sized_array():
 
   with jax.set_mesh(mesh):
     hlo = jax.jit(jax.grad(loss)).lower(table, tokens).compile().as_text()
-  moved = []
-  for line in hlo.splitlines():
-    m = re.search(r"= (\S+?\[[^\]]*\])\S* (all-gather|all-reduce|reduce-scatter|all-to-all|"
-                  r"collective-permute)[-a-z]*\(", line)
-    groups = re.search(r"replica_groups=\{(.*?)\}\}?,", line)
-    # groups of one device move nothing (autodiff's psum over data=1)
-    if m and not (groups and all("," not in g for g in groups.group(1).split("},{"))):
-      moved.append(m.groups())
+  # groups of one device move nothing (autodiff's psum over data=1)
+  single = re.compile(r"replica_groups=\{\{\d+\}(,\{\d+\})*\}")
+  moved = aot.collectives("\n".join(l for l in hlo.splitlines() if not single.search(l)))
   assert moved, "expected the activation collectives"
-  for shape, kind in moved:
-    dims = [int(x) for x in re.findall(r"\d+", shape.split("[", 1)[1])]
-    assert 4096 not in dims and 512 not in dims, (kind, shape)
+  for kind, c in moved.items():
+    dims = [int(x) for x in re.findall(r"\d+", c["largest"].split("[", 1)[1])]
+    assert 4096 not in dims and 512 not in dims, (kind, c["largest"])

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
-from rlaif_jax.mesh import constrain, logical_to_spec
+from rlaif_jax.mesh import constrain, logical_to_spec, spec_axes
 
 NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
@@ -135,10 +135,6 @@ def decode_attention(q, k, v, allowed, dt):
   return out.reshape(b, 1, kvh, g, hd).astype(dt)
 
 
-def _axes(entry) -> tuple[str, ...]:
-  return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-
-
 def embedding_lookup(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
   r"""table[tokens] in `dtype`, (B, T) -> (B, T, d), for a table whose vocabulary
   rows are sharded over mesh axes R (the "vocab" rule) and tokens whose batch
@@ -159,13 +155,14 @@ def embedding_lookup(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
   all-reduces the whole float32 gradient (1.95 GiB) per micro-batch.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  t_spec = None if mesh.empty else logical_to_spec(("vocab", None), mesh, table.shape)
   # mesh axes of size 1 split nothing: a one-device mesh takes the plain lookup
-  rows = tuple(a for a in _axes(t_spec[0]) if mesh.shape[a] > 1) if t_spec is not None else ()
+  rows = () if mesh.empty else tuple(
+      a for a in spec_axes(logical_to_spec(("vocab", None), mesh, table.shape)[0])
+      if mesh.shape[a] > 1)
   if not rows:               # no mesh, or a vocabulary no row split divides
     return constrain(table, (None, None))[tokens].astype(dtype)
   b_spec = logical_to_spec(("batch", None), mesh, tokens.shape)
-  gathered = tuple(a for a in _axes(b_spec[0]) if a in rows)
+  gathered = tuple(a for a in spec_axes(b_spec[0]) if a in rows)
   summed = tuple(a for a in rows if a not in gathered)
   block = table.shape[0] // math.prod(mesh.shape[a] for a in rows)
 
